@@ -1,0 +1,283 @@
+"""The graph metrics against closed forms (metrics.md §5) and an independent reference."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lib import spectral
+from lib.spectral import layer_metrics, model_metrics, summarize, top2_singular_values
+
+TOL = 1e-9
+WHOLE = ("mu0", "mu_hat", "delta_s", "delta_r", "delta_r_norm", "narc")
+
+
+def mask_from_biadjacency(b):
+    """A Linear-layer mask (out, in) whose biadjacency (|L| x |R|) is ``b``."""
+    return torch.as_tensor(np.asarray(b)).bool().T.contiguous()
+
+
+def fano():
+    lines = [(0, 1, 2), (0, 3, 4), (0, 5, 6), (1, 3, 5), (1, 4, 6), (2, 3, 6), (2, 4, 5)]
+    b = np.zeros((7, 7), dtype=bool)
+    for i, line in enumerate(lines):
+        b[i, list(line)] = True
+    return b
+
+
+def projective_plane(q):
+    """Point-line incidence matrix of PG(2, q) for a prime q."""
+    pts = []
+    for x in range(q):
+        for y in range(q):
+            pts.append((x, y, 1))
+    for x in range(q):
+        pts.append((x, 1, 0))
+    pts.append((1, 0, 0))
+    p = np.array(pts)
+    return (p @ p.T) % q == 0  # lines are indexed by the same vectors (duality)
+
+
+def reference_metrics(b):
+    """A direct, slow transcription of metrics.md with full SVDs, written independently."""
+    b = np.asarray(b, dtype=float)
+    size_l, size_r = b.shape
+    b2 = b[b.sum(1) > 0][:, b.sum(0) > 0]
+    n_l, n_r = b2.shape
+    e = b2.sum()
+    out = dict.fromkeys(WHOLE + ("imdb", "imdb_norm"), math.nan)
+    if e == 0:
+        return out
+    dl, dr = e / n_l, e / n_r
+    gaps, norms = [], []
+    degrees = b2.sum(1)
+    for d in np.unique(degrees):
+        k = b2[degrees == d]
+        k = k[:, k.sum(0) > 0]
+        if d < 3 or k.shape[0] < 3:
+            continue
+        dr_k = k.sum() / k.shape[1]
+        if dr_k < 3:
+            continue
+        s = np.linalg.svd(k, compute_uv=False)
+        ub = math.sqrt(d - 1) + math.sqrt(dr_k - 1)
+        gaps.append(ub - s[1])
+        norms.append((ub - s[1]) / ub)
+    if gaps:
+        out["imdb"], out["imdb_norm"] = np.mean(gaps), np.mean(norms)
+    if dl >= 3 and dr >= 3:
+        s = np.linalg.svd(b2, compute_uv=False)
+        ub = math.sqrt(dl - 1) + math.sqrt(dr - 1)
+        out.update(
+            mu0=s[0], mu_hat=s[1], delta_s=2 * math.sqrt(s[0] - 1) - s[1],
+            delta_r=ub - s[1], delta_r_norm=(ub - s[1]) / ub,
+            narc=((s[1] ** 2 / 4 + 1) * math.sqrt(n_l * n_r) - abs(2 * e - dl / size_r * n_l * n_r))
+            / (size_l * size_r),
+        )
+    return out
+
+
+def assert_close(got, want, keys, tol=TOL):
+    for k in keys:
+        if math.isnan(want[k]):
+            assert math.isnan(got[k]), f"{k}: expected NaN, got {got[k]}"
+        else:
+            assert got[k] == pytest.approx(want[k], rel=tol, abs=tol), k
+
+
+# ------------------------------------------------------------------ closed forms (§5)
+@pytest.mark.parametrize("a,b", [(3, 3), (4, 7), (10, 5), (64, 27)])
+def test_complete_bipartite(a, b):
+    m = layer_metrics(torch.ones(a, b, dtype=torch.bool))  # out=a, in=b: K_{b,a}
+    assert m["mu0"] == pytest.approx(math.sqrt(a * b), abs=TOL)
+    assert m["mu_hat"] == pytest.approx(0, abs=1e-6)  # s2 of a rank-1 matrix, from sqrt(eig)
+    ramanujan = math.sqrt(a - 1) + math.sqrt(b - 1)
+    assert m["delta_r"] == pytest.approx(ramanujan, abs=1e-6)
+    assert m["imdb"] == pytest.approx(m["delta_r"], abs=TOL)
+    assert m["narc"] == pytest.approx(1 / math.sqrt(a * b) - 1, abs=TOL)
+    assert (m["d_left"], m["d_right"], m["edges"]) == (a, b, a * b)
+
+
+@pytest.mark.parametrize("a,b", [(3, 4), (5, 5), (8, 3)])
+def test_two_disjoint_blocks(a, b):
+    blocks = torch.block_diag(torch.ones(a, b), torch.ones(a, b)).bool()
+    m = layer_metrics(blocks)
+    assert m["mu0"] == pytest.approx(math.sqrt(a * b), abs=TOL)
+    assert m["mu_hat"] == pytest.approx(math.sqrt(a * b), abs=TOL)
+    want = math.sqrt(a - 1) + math.sqrt(b - 1) - math.sqrt(a * b)
+    assert m["delta_r"] == pytest.approx(want, abs=TOL)
+    assert m["imdb"] == pytest.approx(want, abs=TOL)
+
+
+def test_fano_plane():
+    m = layer_metrics(mask_from_biadjacency(fano()))
+    assert m["mu0"] == pytest.approx(3, abs=TOL)
+    assert m["mu_hat"] == pytest.approx(math.sqrt(2), abs=TOL)
+    assert m["delta_r"] == pytest.approx(math.sqrt(2), abs=TOL)
+    assert m["imdb"] == pytest.approx(math.sqrt(2), abs=TOL)
+    assert m["narc"] == pytest.approx((1.5 * 7 - 21) / 49, abs=TOL)
+    assert m["narc"] == pytest.approx(-0.2142857, abs=1e-7)
+
+
+def test_fano_plane_padded_with_isolated_vertices():
+    b = np.zeros((9, 9), dtype=bool)
+    b[:7, :7] = fano()
+    m = layer_metrics(mask_from_biadjacency(b))
+    assert m["mu0"] == pytest.approx(3, abs=TOL)
+    assert m["mu_hat"] == pytest.approx(math.sqrt(2), abs=TOL)
+    assert m["delta_r"] == pytest.approx(math.sqrt(2), abs=TOL)
+    assert m["imdb"] == pytest.approx(math.sqrt(2), abs=TOL)
+    assert m["narc"] == pytest.approx((10.5 - abs(42 - (3 / 9) * 49)) / 81, abs=TOL)
+    assert m["narc"] == pytest.approx(-0.1872428, abs=1e-7)
+    assert (m["n_left"], m["n_right"], m["size_left"], m["size_right"]) == (7, 7, 9, 9)
+
+
+def test_matching_is_undefined():
+    m = layer_metrics(torch.eye(12, dtype=torch.bool))
+    for k in ("delta_r", "imdb", "narc", "mu_hat", "delta_r_norm", "imdb_norm"):
+        assert math.isnan(m[k]), k
+    assert m["edges"] == 12 and m["d_left"] == 1
+
+
+@pytest.mark.parametrize("q", [2, 3, 5, 7])
+def test_projective_planes_are_ramanujan(q):
+    b = projective_plane(q)
+    n = q * q + q + 1
+    assert b.shape == (n, n) and (b.sum(0) == q + 1).all() and (b.sum(1) == q + 1).all()
+    m = layer_metrics(mask_from_biadjacency(b))
+    assert m["mu0"] == pytest.approx(q + 1, abs=TOL)
+    assert m["mu_hat"] == pytest.approx(math.sqrt(q), abs=TOL)
+    assert m["delta_r"] == pytest.approx(math.sqrt(q), abs=TOL)
+    assert m["imdb"] == pytest.approx(math.sqrt(q), abs=TOL)
+
+
+# ------------------------------------------------------------------ conventions
+def test_empty_layer_is_undefined_not_zero():
+    m = layer_metrics(torch.zeros(8, 8, dtype=torch.bool))
+    assert m["edges"] == 0 and m["n_left"] == 0
+    assert all(math.isnan(m[k]) for k in WHOLE + ("imdb",))
+
+
+def test_conv_mask_unfolds_input_and_kernel():
+    g = torch.Generator().manual_seed(1)
+    conv = torch.rand(16, 8, 3, 3, generator=g) < 0.5
+    m = layer_metrics(conv)
+    assert (m["size_left"], m["size_right"]) == (8 * 9, 16)
+    flat = layer_metrics(conv.reshape(16, -1))
+    assert_close(m, flat, WHOLE + ("imdb", "imdb_norm"))
+
+
+def test_imdb_defined_where_average_degree_is_below_three():
+    # 20 left vertices of degree 1 pull d_left under 3; a 5-regular class of 6 left vertices
+    # on 6 right vertices (dR = 5) still counts for IMDB.
+    b = np.zeros((26, 12), dtype=bool)
+    for i in range(6):
+        b[i, [(i + k) % 6 for k in range(5)]] = True
+    for i in range(20):
+        b[6 + i, 6 + i % 6] = True
+    m = layer_metrics(mask_from_biadjacency(b))
+    assert m["d_left"] < 3
+    assert math.isnan(m["delta_r"]) and math.isnan(m["narc"])
+    assert m["imdb_classes"] == 1
+    s = np.linalg.svd(b[:6, :6].astype(float), compute_uv=False)
+    assert m["imdb"] == pytest.approx(2 * math.sqrt(4) - s[1], abs=TOL)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_independent_reference_on_random_irregular_masks(seed):
+    rng = np.random.default_rng(seed)
+    n_l, n_r = rng.integers(20, 120, size=2)
+    # irregular: per-row densities vary, so there are many degree classes
+    p = rng.uniform(0.02, 0.5, size=(n_l, 1))
+    b = rng.random((n_l, n_r)) < p
+    got = layer_metrics(mask_from_biadjacency(b))
+    assert_close(got, reference_metrics(b), WHOLE + ("imdb", "imdb_norm"))
+
+
+def test_isolated_vertices_change_nothing_but_narc_normalisation():
+    rng = np.random.default_rng(7)
+    b = rng.random((60, 40)) < 0.3
+    padded = np.zeros((75, 52), dtype=bool)
+    padded[np.ix_(rng.permutation(75)[:60], rng.permutation(52)[:40])] = b
+    m, mp = layer_metrics(mask_from_biadjacency(b)), layer_metrics(mask_from_biadjacency(padded))
+    same = ("n_left", "n_right", "edges", "d_left", "d_right", "mu0", "mu_hat", "delta_s",
+            "delta_r", "delta_r_norm", "imdb", "imdb_norm", "imdb_classes")
+    assert_close(mp, m, same)
+    assert mp["narc"] != pytest.approx(m["narc"], rel=1e-3)
+    assert_close(mp, reference_metrics(padded), ("narc",))
+
+
+# ------------------------------------------------------------------ solvers
+def test_dense_and_sparse_solvers_agree_on_a_large_sparse_layer():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2500, 9000, generator=g) < 0.004
+    dense = top2_singular_values(x, "dense")
+    sparse = top2_singular_values(x, "sparse")
+    assert dense == pytest.approx(sparse, rel=1e-6)
+    m_dense, m_sparse = layer_metrics(x, "dense"), layer_metrics(x, "sparse")
+    assert_close(m_dense, m_sparse, WHOLE + ("imdb",), tol=1e-6)
+
+
+def test_lanczos_path_matches_full_svd_and_finds_repeated_top():
+    g = torch.Generator().manual_seed(4)
+    n = spectral.DENSE_EIG_MAX + 100  # Gram larger than the dense-eigensolver limit
+    x = torch.rand(n, 3 * n, generator=g) < 0.05
+    s = np.linalg.svd(x.double().numpy(), compute_uv=False)
+    assert top2_singular_values(x, "dense") == pytest.approx((s[0], s[1]), rel=1e-9)
+    twins = torch.block_diag(x, x)  # two identical components: s1 == s2
+    s1, s2 = top2_singular_values(twins, "dense")
+    assert s2 == pytest.approx(s1, rel=1e-9) and s1 == pytest.approx(s[0], rel=1e-9)
+
+
+def test_unknown_solver_and_bad_mask():
+    with pytest.raises(ValueError, match="solver"):
+        top2_singular_values(torch.ones(3, 3), "qr")
+    with pytest.raises(ValueError, match="2 dimensions"):
+        layer_metrics(torch.ones(5, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------ model level
+def test_model_metrics_and_summary_from_a_mapping():
+    masks = {
+        "fano": mask_from_biadjacency(fano()),
+        "matching": torch.eye(10, dtype=torch.bool),
+        "full": torch.ones(4, 6, dtype=torch.bool),
+    }
+    df = model_metrics(masks)
+    assert list(df["layer"]) == ["fano", "matching", "full"]
+    assert set(spectral.METRICS) <= set(df.columns)
+    s = summarize(df)
+    assert s["layers"] == 3 and s["undefined_layers"] == 1 and s["imdb_undefined_layers"] == 1
+    full_delta_r = math.sqrt(3) + math.sqrt(5)
+    assert s["delta_r"] == pytest.approx((math.sqrt(2) + full_delta_r) / 2, abs=1e-6)
+    assert s["narc"] == pytest.approx((-0.2142857142857 + 1 / math.sqrt(24) - 1) / 2, abs=1e-9)
+    assert s["density"] == pytest.approx((21 + 10 + 24) / (49 + 100 + 24))
+
+
+def test_model_metrics_reads_a_model_pruned_with_torch_prune():
+    import torch.nn.utils.prune as prune
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 4, 5)
+    )
+    g = torch.Generator().manual_seed(0)
+    masks = {"0": torch.rand(8, 3, 3, 3, generator=g) < 0.5, "3": torch.rand(5, 32, generator=g) < 0.5}
+    for name, mask in masks.items():
+        prune.custom_from_mask(model.get_submodule(name), "weight", mask)
+    from_model = model_metrics(model)
+    from_masks = model_metrics(masks)
+    pd.testing.assert_frame_equal(from_model, from_masks)
+    with pytest.raises(TypeError, match="mapping"):
+        model_metrics([1, 2])
+
+
+def test_narc_literal_vanishes_for_the_whole_left_side():
+    b = mask_from_biadjacency(fano())
+    whole = spectral.narc_literal(b, range(7))
+    assert whole == pytest.approx((1.5 * 7 - 0) / 49, abs=TOL)  # |E - dL/m*|S||N(S)|| = 0
+    part = spectral.narc_literal(b, [0, 1])
+    # S = two points span 5 lines, 6 edges: (1.5 * sqrt(10) - |6 - 3/7 * 10|) / 49
+    assert part == pytest.approx((1.5 * math.sqrt(10) - abs(6 - 3 / 7 * 10)) / 49, abs=TOL)
+    with pytest.raises(ValueError, match="left_subset"):
+        spectral.narc_literal(b, [9])
