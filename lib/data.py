@@ -1,0 +1,422 @@
+"""Datasets as in-memory tensors, the validation split, and fast batched augmentation.
+
+This module owns *the data a run sees*: reading CIFAR-10/100 and Fashion-MNIST from disk
+(through torchvision's dataset classes and on-disk layouts), holding every split as uint8
+tensors ``(N, C, 32, 32)`` with int64 labels, the seeded validation split, normalisation
+constants, and the batch iterator used for training, evaluation and mask scoring.
+
+Design for speed: a whole split is one uint8 tensor (CIFAR-10 train is 150 MB), so it can
+live on the GPU; shuffling, random crops and flips are a single batched gather on whatever
+device the images are on. All randomness comes from a caller's CPU ``torch.Generator``
+(drawn once per epoch, then moved to the device), so an epoch's batches are identical on
+CPU and GPU and are reproduced exactly from the generator's state after a resume.
+
+Public API: :func:`load_data` -> :class:`Splits`; :func:`batches`; :func:`scoring_batches`.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from .results import atomic_write
+
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
+
+# experiments.md: CIFAR normalisation. The same constants are used for CIFAR-100, so that
+# the two datasets go through one recipe.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+# Where Debian's ``fashion-mnist`` package puts the four idx .gz files.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+PAD = 4  # pixels of reflect padding before the random crop (experiments.md)
+
+
+def _default_root() -> Path:
+    from .paths import DATA
+
+    return DATA
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is neither on disk nor downloadable; the message says where to put it."""
+
+
+@dataclass
+class ImageSet:
+    """One split: uint8 images ``(N, C, H, W)`` and int64 labels ``(N,)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        self.labels = self.labels.to(torch.int64)
+        if len(self.labels) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size() + self.labels.numel() * 8
+
+    def to(self, device) -> "ImageSet":
+        return ImageSet(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Splits:
+    """Train / validation / test sets of one dataset, with what a model needs to know."""
+
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    num_classes: int
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str
+    seed: int = 0  # seed of the validation split and of the train_fraction subsample
+    val_fraction: float = 0.1
+    train_fraction: float = 1.0
+
+    @property
+    def nbytes(self) -> int:
+        return self.train.nbytes + self.val.nbytes + self.test.nbytes
+
+    def to(self, device) -> "Splits":
+        """A copy whose three sets live on ``device`` (a no-op copy if already there)."""
+        return Splits(self.train.to(device), self.val.to(device), self.test.to(device),
+                      self.num_classes, self.in_channels, self.mean, self.std, self.name,
+                      self.seed, self.val_fraction, self.train_fraction)
+
+    def __repr__(self) -> str:
+        return (f"Splits({self.name}: train {len(self.train)}, val {len(self.val)}, "
+                f"test {len(self.test)}, {self.num_classes} classes, {self.in_channels} "
+                f"channel(s), seed {self.seed})")
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _cifar_class(name: str):
+    from torchvision import datasets
+
+    return datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+
+
+def _read_cifar(name: str, root: Path, download: bool):
+    """(train images, train labels, test images, test labels, num_classes) from disk.
+
+    Order: the extracted folder ``root/cifar-10-batches-py`` (checked by torchvision against
+    its md5 sums); else the archive ``root/cifar-10-python.tar.gz`` (verified and extracted
+    by torchvision, no network); else torchvision's download if ``download``; else one
+    :class:`DatasetNotFoundError` saying where to put the files.
+    """
+    from torchvision.datasets.utils import check_integrity, extract_archive
+
+    cls = _cifar_class(name)
+
+    def extracted() -> bool:  # torchvision's own test: every batch file with its md5
+        return all(check_integrity(str(root / cls.base_folder / f), md5)
+                   for f, md5 in cls.train_list + cls.test_list)
+
+    if not extracted():
+        archive = root / cls.filename
+        if archive.exists():
+            if not check_integrity(str(archive), cls.tgz_md5):
+                raise DatasetNotFoundError(
+                    f"{archive} is corrupt (md5 differs from {cls.tgz_md5}); replace it with the "
+                    f"original {cls.filename}")
+            extract_archive(str(archive), str(root))
+        elif download:
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                cls(str(root), train=True, download=True)
+            except Exception as err:  # no internet, proxy, HTTP error...
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                raise DatasetNotFoundError(_missing_cifar_message(cls, root, reason)) from None
+        if not extracted():
+            raise DatasetNotFoundError(_missing_cifar_message(
+                cls, root, "not on disk and download=False" if not download else "download failed"))
+
+    train = cls(str(root), train=True, download=False)
+    test = cls(str(root), train=False, download=False)
+
+    def to_tensors(ds):
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+        return images, torch.as_tensor(ds.targets, dtype=torch.int64)
+
+    return (*to_tensors(train), *to_tensors(test), len(train.classes))
+
+
+def _missing_cifar_message(cls, root: Path, reason: str) -> str:
+    root = Path(root).resolve()
+    return (f"{cls.__name__} not found ({reason}): put {cls.filename} in {root}/ "
+            f"or extract it to {root / cls.base_folder}/")
+
+
+def _gunzip(src: Path, dst: Path) -> None:
+    def write(tmp):
+        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, length=1 << 20)
+
+    atomic_write(dst, write)
+
+
+def _read_fashion_mnist(root: Path, download: bool):
+    """Fashion-MNIST through torchvision's ``FashionMNIST`` (layout ``root/FashionMNIST/raw``).
+
+    Sources in order: the uncompressed idx files already in ``root/FashionMNIST/raw``; the
+    ``.gz`` files there; the ``.gz`` files of Debian's package in
+    ``/usr/share/datasets/fashion-mnist``; torchvision's download. torchvision 0.29 reads
+    only the *uncompressed* idx files and extracts ``.gz`` files only after checking their
+    md5 against the upstream archives -- Debian's are recompressed (different md5, same
+    content), so torchvision would try to download again. We therefore gunzip the ``.gz``
+    files into ``raw/`` ourselves, then let torchvision read them.
+    """
+    from torchvision import datasets
+
+    raw = root / "FashionMNIST" / "raw"
+    missing = [f for f in FASHION_FILES if not (raw / f).exists()]
+    for f in missing:
+        for src in (raw / f"{f}.gz", DEBIAN_FASHION_MNIST / f"{f}.gz"):
+            if src.exists():
+                _gunzip(src, raw / f)
+                break
+    if any(not (raw / f).exists() for f in FASHION_FILES):
+        if download:
+            try:
+                datasets.FashionMNIST(str(root), train=True, download=True)
+            except Exception as err:
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                raise DatasetNotFoundError(
+                    f"FashionMNIST not found ({reason}): put the four idx .gz files "
+                    f"({', '.join(FASHION_FILES)}) in {raw.resolve()}/ or install Debian's "
+                    f"fashion-mnist package ({DEBIAN_FASHION_MNIST})") from None
+        else:
+            raise DatasetNotFoundError(
+                f"FashionMNIST not found (download=False): put the four idx .gz files in "
+                f"{raw.resolve()}/ or install Debian's fashion-mnist package")
+
+    out = []
+    for train in (True, False):
+        ds = datasets.FashionMNIST(str(root), train=train, download=False)
+        images = ds.data.to(torch.uint8).unsqueeze(1)  # (N, 1, 28, 28)
+        # experiments.md: 28x28 images are padded to 32x32 -- once, here, with zeros (the
+        # background colour), so that every model sees 32x32 inputs like CIFAR.
+        images = torch.nn.functional.pad(images, (2, 2, 2, 2), value=0)
+        out += [images.contiguous(), ds.targets.to(torch.int64)]
+    return (*out, 10)
+
+
+def _synthetic(size: Sequence[int], num_classes: int):
+    """Random but learnable images: a fixed random template per class plus noise.
+
+    The data do not depend on the split seed (generator seeded with a constant), so two
+    seeds see the same images, split differently. ``size[0]`` training images and
+    ``max(size[0] // 4, num_classes)`` test images.
+    """
+    n, c, h, w = (int(s) for s in size)
+    g = torch.Generator().manual_seed(12345)
+    templates = torch.randint(0, 256, (num_classes, c, h, w), generator=g, dtype=torch.int16)
+
+    def make(count):
+        labels = torch.randint(0, num_classes, (count,), generator=g)
+        noise = torch.randint(0, 256, (count, c, h, w), generator=g, dtype=torch.int16)
+        images = ((templates[labels] + noise) // 2).to(torch.uint8)
+        return images, labels
+
+    return (*make(n), *make(max(n // 4, num_classes)), num_classes)
+
+
+# --------------------------------------------------------------------------- load_data
+
+
+def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: float = 0.1,
+              seed: int = 0, train_fraction: float = 1.0, download: bool = True,
+              synthetic_size: Sequence[int] = (512, 3, 32, 32),
+              synthetic_classes: int = 10) -> Splits:
+    """Load ``name`` (``cifar10``, ``cifar100``, ``fashion-mnist`` or ``synthetic``) as :class:`Splits`.
+
+    ``root`` defaults to the workbook's ``data/`` folder (:data:`lib.paths.DATA`), so the
+    result does not depend on the working directory. Validation split: a permutation of
+    the training set drawn from ``seed``; the first ``round(val_fraction * N)`` images are
+    the validation set, and ``train_fraction`` of the rest (drawn from the same generator)
+    is the training set. Indices are sorted, so each set keeps the file order.
+    ``synthetic`` is random data for tests; it never stands in for a missing dataset.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not 0 < train_fraction <= 1:
+        raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+    root = Path(root) if root is not None else _default_root()
+
+    if name in ("cifar10", "cifar100"):
+        x_train, y_train, x_test, y_test, num_classes = _read_cifar(name, root, download)
+        mean, std = CIFAR_MEAN, CIFAR_STD
+    elif name == "fashion-mnist":
+        x_train, y_train, x_test, y_test, num_classes = _read_fashion_mnist(root, download)
+        # Computed from the whole padded 32x32 training set (60000 images, validation part
+        # included, as the CIFAR constants are), not the usual (0.2860,), (0.3530,): those
+        # describe the 28x28 images, and the zero border changes the statistics.
+        mean, std = _channel_stats(x_train)
+    else:
+        x_train, y_train, x_test, y_test, num_classes = _synthetic(synthetic_size,
+                                                                   synthetic_classes)
+        mean, std = _channel_stats(x_train)
+
+    n = len(y_train)
+    g = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=g)
+    n_val = int(round(val_fraction * n))
+    val_idx, rest = perm[:n_val], perm[n_val:]
+    if train_fraction < 1:
+        n_keep = max(1, int(round(train_fraction * len(rest))))
+        rest = rest[torch.randperm(len(rest), generator=g)[:n_keep]]
+    val_idx, train_idx = val_idx.sort().values, rest.sort().values
+
+    return Splits(
+        train=ImageSet(x_train[train_idx].contiguous(), y_train[train_idx]),
+        val=ImageSet(x_train[val_idx].contiguous(), y_train[val_idx]),
+        test=ImageSet(x_test.contiguous(), y_test),
+        num_classes=int(num_classes),
+        in_channels=int(x_train.shape[1]),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        name=name,
+        seed=int(seed),
+        val_fraction=float(val_fraction),
+        train_fraction=float(train_fraction),
+    )
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images scaled to [0, 1] (float64 sums)."""
+    x = images.transpose(0, 1).reshape(images.shape[1], -1).to(torch.float64) / 255
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Map positions of a reflect-padded axis (may be <0 or >=size) back into [0, size)."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def batches(images_set: ImageSet, batch_size: int, *, train: bool,
+            generator: torch.Generator | None = None, device=None,
+            mean: Sequence[float], std: Sequence[float], augment: bool | None = None,
+            memory_format: torch.memory_format = torch.contiguous_format,
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield normalised float32 ``(x, y)`` batches of ``images_set`` on ``device``.
+
+    ``train=True``: shuffled with ``generator`` and the last partial batch dropped -- every
+    step then has the same size (a batch of one would break BatchNorm in train mode, and a
+    small last batch would get a full step's weight), and the epoch's length does not depend
+    on the shuffle. ``train=False``: file order, the last partial batch kept, so an accuracy
+    covers every image.
+
+    ``augment`` (default: ``train``) is the CIFAR recipe of experiments.md: 4-pixel reflect
+    padding, a random crop back to the original size, and a horizontal flip with probability
+    1/2. It is one gather: the crop's rows and columns are mapped back through the
+    reflection into the unpadded image, so no padded copy is made. Fashion-MNIST (padded
+    28 -> 32 with zeros at load) gets the very same crop and flip, to keep one recipe for
+    every dataset; its garments are left-right symmetric enough for the flip.
+
+    All random numbers (permutation, crop offsets, flips) are drawn from the CPU
+    ``generator`` at the start of the epoch, so the batches are a function of its state and
+    identical on every device.
+    """
+    if augment is None:
+        augment = train
+    if (train or augment) and generator is None:
+        raise ValueError("a generator is needed to shuffle or augment")
+    n = len(images_set)
+    images, labels = images_set.images, images_set.labels
+    source = images.device
+    device = torch.device(device) if device is not None else source
+    _, c, h, w = images.shape
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
+    inv_std = 1 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255)
+
+    if train:
+        order = torch.randperm(n, generator=generator)
+        n_batches = n // batch_size
+    else:
+        order = torch.arange(n)
+        n_batches = -(-n // batch_size)
+    if augment:
+        offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator)
+        flips = torch.randint(0, 2, (n,), generator=generator, dtype=torch.bool)
+        offsets, flips = offsets.to(source), flips.to(source)
+        rows_base = torch.arange(h, device=source) - PAD
+        cols_base = torch.arange(w, device=source) - PAD
+        chan = torch.arange(c, device=source).view(1, c, 1, 1)
+    order = order.to(source)
+
+    for b in range(n_batches):
+        sel = slice(b * batch_size, min((b + 1) * batch_size, n))
+        idx = order[sel]
+        if augment:
+            k = len(idx)
+            rows = _reflect(offsets[sel, 0, None] + rows_base, h)  # (k, h)
+            cols = _reflect(offsets[sel, 1, None] + cols_base, w)  # (k, w)
+            cols = torch.where(flips[sel, None], cols.flip(1), cols)
+            x = images[idx.view(k, 1, 1, 1), chan, rows.view(k, 1, h, 1), cols.view(k, 1, 1, w)]
+        else:
+            x = images[idx]
+        y = labels[idx]
+        if x.device != device:
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+        x = (x.to(torch.float32) - mean_t).mul_(inv_std)
+        if memory_format is not torch.contiguous_format:
+            x = x.contiguous(memory_format=memory_format)
+        yield x, y
+
+
+def scoring_batches(splits: Splits, n_batches: int, batch_size: int, seed: int,
+                    device=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n_batches`` normalised, un-augmented training batches for SNIP / GraSP scoring.
+
+    Drawn from a permutation of the training set seeded by ``seed`` (a fresh permutation
+    after each pass if more batches are asked for than one pass holds); full batches only.
+    """
+    if n_batches < 1:
+        raise ValueError(f"n_batches must be >= 1, got {n_batches}")
+    batch_size = min(batch_size, len(splits.train))
+    g = torch.Generator().manual_seed(int(seed))
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    while len(out) < n_batches:
+        for xy in batches(splits.train, batch_size, train=True, generator=g, device=device,
+                          mean=splits.mean, std=splits.std, augment=False):
+            out.append(xy)
+            if len(out) == n_batches:
+                break
+    return out
