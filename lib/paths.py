@@ -31,3 +31,9 @@ def mask_dir(root: Path | str, settings: PruneSettings) -> Path:
 def train_dir(root: Path | str, run: TrainRun) -> Path:
     """Folder of one training run: checkpoint, ``history.csv``, ``result.json``."""
     return Path(root) / "train" / f"{_label(run.prune)}-{settings_hash(run)}"
+
+
+def scores_file(root: Path | str, settings: PruneSettings) -> Path:
+    """Cached density-independent scores (``settings.density`` set to 1.0 by the caller)."""
+    label = _label(settings).replace(f"-d{settings.density:g}", "")
+    return Path(root) / "scores" / f"{label}-{settings_hash(settings)}.pt"

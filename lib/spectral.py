@@ -21,6 +21,7 @@ grouping, degrees and neighbourhoods are computed once per layer and shared by a
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Mapping
 
@@ -44,6 +45,25 @@ MIN_DEGREE = 3
 DENSE_EIG_MAX = 300
 
 
+# Below this many matrix entries a GEMM or eigensolve is faster on one thread: waking a thread
+# pool costs more than the work, and under load (a shared 2-core machine) far more.
+SMALL_WORK = 2**20
+
+
+@contextlib.contextmanager
+def _threads(small: bool):
+    """Run the block on one thread if ``small``; restore the thread count afterwards."""
+    if not small:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------- linear algebra
 def _gram(x: torch.Tensor) -> torch.Tensor:
     """Exact ``x @ x.T`` of a 0/1 matrix, as float64.
@@ -53,11 +73,12 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
     fall back to float64, which is exact too (integers below 2**53).
     """
     xi = x if x.dtype == torch.int8 else x.to(torch.int8)
-    try:
-        g = torch._int_mm(xi, xi.T.contiguous())
-    except (RuntimeError, AttributeError, NotImplementedError):
-        xd = x.to(torch.float64)
-        return xd @ xd.T
+    with _threads(x.shape[0] * x.shape[0] * x.shape[1] < 64 * SMALL_WORK):
+        try:
+            g = torch._int_mm(xi, xi.T.contiguous())
+        except (RuntimeError, AttributeError, NotImplementedError):
+            xd = x.to(torch.float64)
+            return xd @ xd.T
     return g.to(torch.float64)
 
 
@@ -68,7 +89,8 @@ def _top2_eig_symmetric(g: torch.Tensor) -> tuple[float, float]:
         return float(g[0, 0]), 0.0
     a = g.numpy()
     if n <= DENSE_EIG_MAX:
-        w = torch.linalg.eigvalsh(g)
+        with _threads(True):
+            w = torch.linalg.eigvalsh(g)
         return float(w[-1]), float(w[-2])
     from scipy.sparse.linalg import eigsh
 
@@ -144,7 +166,8 @@ def biadjacency(mask: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"a layer mask needs at least 2 dimensions (out, in, ...), got shape {tuple(mask.shape)}"
         )
-    return mask.detach().to("cpu").reshape(mask.shape[0], -1).T.ne(0)
+    mask = mask.detach().to("cpu").reshape(mask.shape[0], -1)
+    return (mask if mask.dtype == torch.bool else mask.ne(0)).T
 
 
 def _nan_metrics() -> dict:
@@ -199,7 +222,7 @@ def layer_metrics(mask: torch.Tensor, solver: str = "auto") -> dict:
     uses the full ``|L| * |R|``.
     """
     # int8 0/1: sums and integer GEMMs on it are fast and exact (bool sums are slow in torch).
-    b = biadjacency(mask).to(torch.int8)
+    b = biadjacency(mask).to(torch.int8).contiguous()  # rows: left vertices
     size_left, size_right = b.shape
     out = _nan_metrics()
     out.update(size_left=float(size_left), size_right=float(size_right))
@@ -306,5 +329,5 @@ def summarize(df: pd.DataFrame) -> pd.Series:
     out["layers"] = int(len(df))
     out["undefined_layers"] = int(df["delta_r"].isna().sum())
     out["imdb_undefined_layers"] = int(df["imdb"].isna().sum())
-    out["density"] = float(df["edges"].sum() / (df["size_left"] * df["size_right"]).sum())
+    out["realized_density"] = float(df["edges"].sum() / (df["size_left"] * df["size_right"]).sum())
     return pd.Series(out)

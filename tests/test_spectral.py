@@ -252,7 +252,7 @@ def test_model_metrics_and_summary_from_a_mapping():
     full_delta_r = math.sqrt(3) + math.sqrt(5)
     assert s["delta_r"] == pytest.approx((math.sqrt(2) + full_delta_r) / 2, abs=1e-6)
     assert s["narc"] == pytest.approx((-0.2142857142857 + 1 / math.sqrt(24) - 1) / 2, abs=1e-9)
-    assert s["density"] == pytest.approx((21 + 10 + 24) / (49 + 100 + 24))
+    assert s["realized_density"] == pytest.approx((21 + 10 + 24) / (49 + 100 + 24))
 
 
 def test_model_metrics_reads_a_model_pruned_with_torch_prune():

@@ -1,0 +1,193 @@
+"""Figures: the notebooks' per-layer plots and the paper's Figures 1-5.
+
+Every function here reads tidy tables (:func:`lib.workbook.collect`, or the tables the
+notebooks build) and returns a matplotlib ``Figure``; nothing reads files or folder names.
+Paper layout (Figures 1-5): density on x (log scale), accuracy as solid lines on the left
+axis, a graph metric as dashed lines on the right axis, one colour per method, bands of one
+standard deviation over seeds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.lines import Line2D
+
+METHOD_ORDER = ("Rand", "ERK", "SNIP", "GraSP", "SynFlow", "iterSNIP", "Dense")
+LABELS = {
+    "test_acc": "test accuracy",
+    "delta_r_norm": "normalised Δr",
+    "imdb_norm": "normalised IMDB",
+    "narc": "NaRC",
+    "delta_r": "Δr",
+    "delta_s": "Δs",
+    "imdb": "IMDB",
+    "density": "density (fraction of weights kept)",
+}
+
+# (title, rows of (arch, skip), columns of (solid metric, dashed metric)) per paper figure.
+FIGURES = {
+    1: ("Accuracy and the Ramanujan gap", [("resnet34", True), ("vgg16", True)],
+        [("test_acc", "delta_r_norm"), ("test_acc", "imdb_norm")]),
+    2: ("Accuracy and NaRC with and without skip connections", [("resnet34", True), ("resnet34", False)],
+        [("test_acc", "narc")]),
+    3: ("Accuracy, IMDB and randomness", [("resnet34", True), ("vgg16", True)],
+        [("test_acc", "narc"), ("imdb_norm", "narc")]),
+}
+FIGURES[4] = ("Accuracy and the Ramanujan gap", *FIGURES[1][1:])  # Fig. 1 on CIFAR-100
+FIGURES[5] = ("Accuracy, IMDB and randomness", *FIGURES[3][1:])  # Fig. 3 on CIFAR-100
+
+
+def palette(methods) -> dict:
+    ordered = [m for m in METHOD_ORDER if m in set(methods)] + sorted(set(methods) - set(METHOD_ORDER))
+    return dict(zip(ordered, sns.color_palette("tab10", len(ordered))))
+
+
+def _variant(arch: str, skip: bool) -> str:
+    name = {"resnet34": "ResNet-34", "vgg16": "VGG-16"}.get(arch, arch)
+    return name if skip else f"{name} (no skip)"
+
+
+def _band(ax, df: pd.DataFrame, column: str, color, style: str):
+    """Mean over seeds against density, with a ±1 std band where there are several seeds."""
+    g = df.groupby("density")[column].agg(["mean", "std", "count"]).reset_index().dropna(subset=["mean"])
+    if g.empty:
+        return
+    ax.plot(g["density"], g["mean"], style, color=color, marker="o" if style == "-" else "s",
+            markersize=3.5, linewidth=1.6)
+    spread = g["std"].where(g["count"] > 1)
+    if spread.notna().any():
+        ax.fill_between(g["density"], g["mean"] - spread, g["mean"] + spread, color=color, alpha=0.15,
+                        linewidth=0)
+
+
+def paper_figure(results: pd.DataFrame, number: int, dataset: str) -> plt.Figure:
+    """Figure ``number`` (1-5) of the paper from the ``results`` table of one dataset."""
+    if number not in FIGURES:
+        raise ValueError(f"the paper has Figures 1-5, got {number!r}")
+    title, rows, cols = FIGURES[number]
+    df = results[results["dataset"] == dataset]
+    colors = palette(df["method"].unique())
+    if number == 2:  # one row, the two variants side by side
+        panels = [[(arch, skip, cols[0]) for arch, skip in rows]]
+    else:
+        panels = [[(arch, skip, c) for c in cols] for arch, skip in rows]
+    n_rows, n_cols = len(panels), len(panels[0])
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.6 * n_cols, 3.9 * n_rows), squeeze=False)
+    for r, row in enumerate(panels):
+        for c, (arch, skip, (solid, dashed)) in enumerate(row):
+            ax = axes[r][c]
+            twin = ax.twinx()
+            sub = df[(df["arch"] == arch) & (df["skip"] == skip)]
+            for method, color in colors.items():
+                m = sub[sub["method"] == method]
+                _band(ax, m, solid, color, "-")
+                _band(twin, m, dashed, color, "--")
+            ax.set_xscale("log")
+            ticks = sorted(df["density"].dropna().unique())
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+            ax.set_xlabel(LABELS["density"])
+            ax.set_ylabel(f"{LABELS.get(solid, solid)} (solid)")
+            twin.set_ylabel(f"{LABELS.get(dashed, dashed)} (dashed)")
+            ax.set_title(f"{_variant(arch, skip)}: {LABELS.get(solid, solid)} vs {LABELS.get(dashed, dashed)}",
+                         fontsize=10)
+            ax.grid(alpha=0.3)
+            if sub.empty:
+                ax.text(0.5, 0.5, "no results", transform=ax.transAxes, ha="center", va="center")
+    handles = [Line2D([], [], color=col, lw=2, label=m) for m, col in colors.items()]
+    handles += [Line2D([], [], color="0.3", ls="-", label="solid: left axis"),
+                Line2D([], [], color="0.3", ls="--", label="dashed: right axis")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
+               bbox_to_anchor=(0.5, 0.0), fontsize=9)
+    fig.suptitle(f"Figure {number} ({dataset}): {title}", fontsize=12)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def save(fig: plt.Figure, folder: str | Path, name: str) -> list[Path]:
+    """Save ``fig`` as ``<folder>/<name>.png`` and ``.svg`` (each written atomically)."""
+    from .results import atomic_write
+
+    out = []
+    for ext in ("png", "svg"):
+        path = Path(folder) / f"{name}.{ext}"
+        atomic_write(path, lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight"))
+        out.append(path)
+    return out
+
+
+def _layer_index(df: pd.DataFrame) -> pd.DataFrame:
+    """Number the layers of each model in model order (the tables keep that order)."""
+    df = df.copy()
+    df["layer_index"] = df.groupby(["arch", "skip", "method", "seed"], sort=False).cumcount()
+    df["model"] = [_variant(a, s) for a, s in zip(df["arch"], df["skip"])]
+    return df
+
+
+def layer_densities(df: pd.DataFrame) -> plt.Figure:
+    """Notebook 01: per-layer density (y) by layer (x), one line per method, a panel per model."""
+    df = _layer_index(df)
+    models = list(dict.fromkeys(df["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.6), squeeze=False)
+    colors = palette(df["method"].unique())
+    for ax, model in zip(axes[0], models):
+        sub = df[df["model"] == model]
+        sns.lineplot(sub, x="layer_index", y="density", hue="method", palette=colors, ax=ax,
+                     errorbar=None, marker="o", markersize=3)
+        ax.set(title=model, xlabel="layer (model order)", ylabel="layer density", yscale="log")
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(history: pd.DataFrame) -> plt.Figure:
+    """Notebook 02: test accuracy by epoch, one line per method, a panel per model."""
+    df = history.copy()
+    df["model"] = [_variant(a, s) for a, s in zip(df["arch"], df["skip"])]
+    models = list(dict.fromkeys(df["model"]))
+    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(5.2 * max(len(models), 1), 3.6), squeeze=False)
+    colors = palette(df["method"].unique()) if len(df) else {}
+    for ax, model in zip(axes[0], models):
+        sns.lineplot(df[df["model"] == model], x="epoch", y="test_acc", hue="method", palette=colors,
+                     ax=ax, marker="o", markersize=3)
+        ax.set(title=model, xlabel="epoch", ylabel="test accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def layer_metrics(df: pd.DataFrame, metrics=("delta_r", "delta_s", "imdb", "narc")) -> plt.Figure:
+    """Notebook 03: per-layer metrics (rows) by layer for each model (columns), one line per method."""
+    df = _layer_index(df)
+    models = list(dict.fromkeys(df["model"]))
+    fig, axes = plt.subplots(len(metrics), len(models), figsize=(5.2 * len(models), 2.6 * len(metrics)),
+                             squeeze=False, sharex="col")
+    colors = palette(df["method"].unique())
+    for c, model in enumerate(models):
+        sub = df[df["model"] == model]
+        for r, metric in enumerate(metrics):
+            ax = axes[r][c]
+            sns.lineplot(sub, x="layer_index", y=metric, hue="method", palette=colors, ax=ax,
+                         errorbar=None, marker="o", markersize=3, legend=(r == 0 and c == 0))
+            ax.set(ylabel=LABELS.get(metric, metric), xlabel="layer (model order)" if r == len(metrics) - 1 else "")
+            if r == 0:
+                ax.set_title(model)
+    fig.tight_layout()
+    return fig
+
+
+def figure_numbers(datasets) -> dict[str, list[int]]:
+    """Which paper figures each dataset gets: 4 and 5 are Figures 1 and 3 on CIFAR-100."""
+    return {d: ([4, 5] if d == "cifar100" else [1, 2, 3]) for d in datasets}
+
+
+def draw_all(results: pd.DataFrame, folder: str | Path) -> list[Path]:
+    """Draw and save every figure the results support; return the PNG paths."""
+    written = []
+    for dataset, numbers in figure_numbers(sorted(results["dataset"].dropna().unique())).items():
+        for n in numbers:
+            fig = paper_figure(results, n, dataset)
+            written.append(save(fig, folder, f"fig{n}_{dataset}")[0])
+            plt.close(fig)
+    return written
