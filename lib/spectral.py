@@ -92,7 +92,7 @@ def _top2_eig_symmetric(g: torch.Tensor) -> tuple[float, float]:
         with _threads(True):
             w = torch.linalg.eigvalsh(g)
         return float(w[-1]), float(w[-2])
-    from scipy.sparse.linalg import eigsh
+    from scipy.sparse.linalg import ArpackError, eigsh
 
     # Single-vector Lanczos can miss a second copy of a repeated top eigenvalue (two identical
     # components give lambda1 == lambda2). Deflating the converged top pair exactly and asking
@@ -100,7 +100,13 @@ def _top2_eig_symmetric(g: torch.Tensor) -> tuple[float, float]:
     v0 = np.ones(n)  # deterministic start; the Perron vector of a Gram is non-negative
     w1, v1 = eigsh(a, k=1, which="LA", tol=1e-13, v0=v0)
     rest = a - w1[0] * np.outer(v1[:, 0], v1[:, 0])
-    w2 = eigsh(rest, k=1, which="LA", return_eigenvectors=False, tol=1e-13, v0=_start(n))
+    if np.abs(rest).max() <= 1e-12 * w1[0]:  # rank one (e.g. complete bipartite): lambda2 = 0
+        return float(w1[0]), 0.0
+    try:
+        w2 = eigsh(rest, k=1, which="LA", return_eigenvectors=False, tol=1e-13, v0=_start(n))
+    except ArpackError:  # ARPACK gives up on some near-degenerate operators: solve densely
+        w = np.linalg.eigvalsh(a)
+        return float(w[-1]), float(w[-2])
     return float(w1[0]), float(w2[0])
 
 

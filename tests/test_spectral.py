@@ -230,6 +230,17 @@ def test_lanczos_path_matches_full_svd_and_finds_repeated_top():
     assert s2 == pytest.approx(s1, rel=1e-9) and s1 == pytest.approx(s[0], rel=1e-9)
 
 
+def test_lanczos_path_on_rank_one_and_low_rank_grams():
+    n = spectral.DENSE_EIG_MAX + 50
+    full = torch.ones(n, 2 * n, dtype=torch.bool)  # complete bipartite: s2 = 0 exactly
+    assert top2_singular_values(full, "dense") == pytest.approx((math.sqrt(2 * n * n), 0.0), abs=1e-6)
+    rows = torch.zeros(n, 2 * n, dtype=torch.bool)
+    rows[: n // 2, :n] = True
+    rows[n // 2 :, n:] = True  # two complete blocks of different sizes: rank two
+    want = sorted(np.linalg.svd(rows.double().numpy(), compute_uv=False))[::-1][:2]
+    assert top2_singular_values(rows, "dense") == pytest.approx(tuple(want), rel=1e-9)
+
+
 def test_unknown_solver_and_bad_mask():
     with pytest.raises(ValueError, match="solver"):
         top2_singular_values(torch.ones(3, 3), "qr")
