@@ -17,17 +17,15 @@ the notebooks' ``parameters`` cells). Its work comes in units, each with its own
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from . import paths
-from .results import read_json, read_table, write_json, write_table
+from .results import KEYS, read_json, read_table, write_json, write_table
 from .settings import ARCHS, METHODS, PruneSettings, TrainRun, TrainSettings, check_density, settings_dict
 
 PROFILES = paths.REPO / "profiles"
@@ -202,16 +200,14 @@ def ensure_mask(root: Path, s: PruneSettings, grid: Grid) -> Path:
         masks = prune(model, s.method, s.density, seed=s.seed)
     dens = layer_densities(masks)
     table = pd.DataFrame({"layer": list(dens), "density": list(dens.values())})
-    write_table(_keyed(table, s), folder / LAYER_DENSITIES)
+    write_table(_keyed(table, _key_dict(s)), folder / LAYER_DENSITIES)
     write_json(folder / SETTINGS, settings_dict(s))
     save_masks(folder / MASKS, masks)  # last: its presence marks the unit done
     return folder
 
 
-def _keyed(df: pd.DataFrame, s: PruneSettings) -> pd.DataFrame:
-    """Prefix a per-layer table with the mask's key columns."""
-    keys = {"arch": s.arch, "skip": s.skip, "width": s.width, "dataset": s.dataset,
-            "method": s.method, "density": s.density, "seed": s.seed}
+def _keyed(df: pd.DataFrame, keys: dict) -> pd.DataFrame:
+    """Prefix a per-layer or per-epoch table with its unit's key columns."""
     return pd.concat([pd.DataFrame([keys] * len(df)), df.reset_index(drop=True)], axis=1)
 
 
@@ -239,9 +235,10 @@ def prune_density(grid: Grid, density: float, progress: bool = True) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def _key_dict(s: PruneSettings) -> dict:
-    return {"arch": s.arch, "skip": s.skip, "width": s.width, "dataset": s.dataset,
-            "method": s.method, "density": s.density, "seed": s.seed}
+def _key_dict(s: PruneSettings | dict) -> dict:
+    """The key columns (:data:`lib.results.KEYS`) of a mask's settings (object or its JSON)."""
+    get = s.get if isinstance(s, dict) else lambda k: getattr(s, k)
+    return {k: get(k) for k in KEYS}
 
 
 def layer_density_table(grid: Grid, density: float) -> pd.DataFrame:
@@ -293,13 +290,8 @@ def histories(grid: Grid, density: float | None = None) -> pd.DataFrame:
         s = run["prune"]
         if density is not None and not math.isclose(s["density"], density):
             continue
-        frames.append(_keyed_dict(read_table(hist), s))
+        frames.append(_keyed(read_table(hist), _key_dict(s)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _keyed_dict(df: pd.DataFrame, s: dict) -> pd.DataFrame:
-    keys = {k: s[k] for k in ("arch", "skip", "width", "dataset", "method", "density", "seed")}
-    return pd.concat([pd.DataFrame([keys] * len(df)), df.reset_index(drop=True)], axis=1)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -312,7 +304,7 @@ def ensure_metrics(grid: Grid, s: PruneSettings) -> pd.DataFrame:
     path = folder / LAYER_METRICS
     if path.exists():
         return read_table(path)
-    table = _keyed(model_metrics(load_masks(folder / MASKS)), s)
+    table = _keyed(model_metrics(load_masks(folder / MASKS)), _key_dict(s))
     write_table(table, path)
     return table
 
@@ -324,15 +316,16 @@ def metrics_density(grid: Grid, density: float, progress: bool = True) -> pd.Dat
 
 
 # ------------------------------------------------------------------------------ gathering
-KEYS = ["arch", "skip", "dataset", "method", "density", "seed"]
+# What joins a training run to the metrics of its mask: the keys without the width, since
+# the trained and the measured models may differ in width.
+JOIN = [k for k in KEYS if k != "width"]
 
 
 def mask_summaries(layers: pd.DataFrame) -> pd.DataFrame:
     """One row per mask: its keys and the model-level aggregates of its per-layer metrics."""
     from .spectral import summarize
 
-    keys = ["arch", "skip", "width", "dataset", "method", "density", "seed"]
-    rows = [{**dict(zip(keys, k)), **summarize(g).to_dict()} for k, g in layers.groupby(keys, sort=False)]
+    rows = [{**dict(zip(KEYS, k)), **summarize(g).to_dict()} for k, g in layers.groupby(KEYS, sort=False)]
     return pd.DataFrame(rows)
 
 
@@ -366,7 +359,7 @@ def collect(grid: Grid) -> dict[str, pd.DataFrame]:
     results = pd.DataFrame()
     if len(masks) and len(runs):
         results = runs.rename(columns={"width": "train_width"}).merge(
-            masks.rename(columns={"width": "metric_width"}), on=KEYS, how="outer",
+            masks.rename(columns={"width": "metric_width"}), on=JOIN, how="outer",
             suffixes=("", "_mask"))
     return {"layers": layers, "masks": masks, "runs": runs, "results": results,
             "missing": pd.DataFrame(missing)}
