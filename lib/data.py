@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .results import atomic_write
+from .settings import stream_seed
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
 
@@ -290,7 +291,7 @@ def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: fl
         mean, std = _channel_stats(x_train)
 
     n = len(y_train)
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator().manual_seed(stream_seed(seed, "split"))
     perm = torch.randperm(n, generator=g)
     n_val = int(round(val_fraction * n))
     val_idx, rest = perm[:n_val], perm[n_val:]
@@ -411,7 +412,7 @@ def scoring_batches(splits: Splits, n_batches: int, batch_size: int, seed: int,
     if n_batches < 1:
         raise ValueError(f"n_batches must be >= 1, got {n_batches}")
     batch_size = min(batch_size, len(splits.train))
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator().manual_seed(stream_seed(seed, "scoring"))
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
     while len(out) < n_batches:
         for xy in batches(splits.train, batch_size, train=True, generator=g, device=device,

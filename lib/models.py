@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from lib.settings import ARCHS
+from lib.settings import ARCHS, stream_seed
 
 __all__ = ["build_model", "prunable_layers", "ResNet", "VGG", "PlainBasicBlock"]
 
@@ -190,7 +190,7 @@ def build_model(
     generator = None
     if seed is not None:
         generator = torch.Generator(device="cpu")
-        generator.manual_seed(int(seed))
+        generator.manual_seed(stream_seed(seed, "init"))
     _initialise(model, generator)
     return model
 

@@ -59,7 +59,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from lib.models import prunable_layers
-from lib.settings import METHODS, check_density
+from lib.settings import METHODS, check_density, stream_seed
 
 __all__ = [
     "LayerCollapseWarning",
@@ -299,7 +299,7 @@ def _gradient(model, tensors, weights: dict, batches, dtype, device, method, tem
 
 def _score_rand(model, seed):
     gen = torch.Generator(device="cpu")
-    gen.manual_seed(int(seed))
+    gen.manual_seed(stream_seed(seed, "Rand"))  # not the init's stream: see stream_seed
     return {n: torch.randn(m.weight.shape, generator=gen) for n, m in prunable_layers(model).items()}
 
 
@@ -506,7 +506,7 @@ def erk_masks(model_or_shapes, density: float, seed: int = 0) -> dict[str, torch
     shapes = _shapes(model_or_shapes)
     dens = erk_densities(shapes, density)
     gen = torch.Generator(device="cpu")
-    gen.manual_seed(int(seed))
+    gen.manual_seed(stream_seed(seed, "ERK"))  # not the init's stream: see stream_seed
     return {k: torch.rand(shapes[k], generator=gen) < dens[k] for k in shapes}
 
 

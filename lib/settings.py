@@ -15,7 +15,9 @@ import json
 import math
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 1
+# 2: every random source draws from its own stream of the seed (stream_seed); under 1, Rand's
+#    scores and ERK's draws came from the same generator state as the initial weights.
+SCHEMA_VERSION = 2
 
 ARCHS = ("resnet34", "vgg16")
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
@@ -34,6 +36,19 @@ def check_density(density: float) -> float:
             "for 99% sparsity pass density=0.01"
         )
     return value
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """The seed of one random source (``stream``) of a run whose setting is ``seed``.
+
+    A run has one ``seed`` setting, but each random source draws from its own generator seeded
+    with this derived value: two generators seeded with the same number produce the same
+    draws, so a Rand mask scored with the seed of the initial weights would keep the largest
+    weights, not a random set, and an ERK mask would be just as correlated with them.
+    Streams: ``init``, ``split``, ``scoring``, ``Rand``, ``ERK``, ``shuffle``, ``dropout``.
+    """
+    digest = hashlib.sha256(f"{int(seed)}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # torch seeds are < 2**63
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

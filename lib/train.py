@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from . import data as data_lib
 from .results import read_json, save_torch, write_json, write_table
-from .settings import TrainSettings, settings_dict
+from .settings import TrainSettings, settings_dict, stream_seed
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr",
                    "epoch_seconds"]
@@ -79,9 +79,8 @@ def _resolve_device(device) -> torch.device:
 
 
 def _data_generator(seed: int) -> torch.Generator:
-    # Its own stream, distinct from torch.manual_seed(seed) (dropout), for shuffling and
-    # augmentation.
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + 17)
+    # Shuffling and augmentation draw from their own stream (lib.settings.stream_seed).
+    return torch.Generator().manual_seed(stream_seed(seed, "shuffle"))
 
 
 # --------------------------------------------------------------------------- step loop
@@ -212,7 +211,8 @@ def train(model: torch.nn.Module, splits: data_lib.Splits, settings: TrainSettin
     ``keep_checkpoint``: keep ``checkpoint.pt`` (final weights, optimiser) after finishing.
 
     The model is moved to ``device`` (default CUDA if available) and trained in place. On
-    CPU, ``torch.set_num_threads(num_threads or os.cpu_count())``. On CUDA: channels_last,
+    CPU, ``num_threads`` sets torch's thread count; by default torch's own (every core, or
+    ``OMP_NUM_THREADS``). On CUDA: channels_last,
     data on the GPU when it fits, cuDNN benchmark, and bf16 autocast if ``settings.bf16``.
     A non-finite training loss stops the run with status ``diverged``; a layer whose mask
     keeps nothing is trained anyway and listed in ``empty_layers``.
@@ -230,8 +230,11 @@ def train(model: torch.nn.Module, splits: data_lib.Splits, settings: TrainSettin
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    else:
-        torch.set_num_threads(num_threads or os.cpu_count() or 1)
+    elif num_threads:
+        # Otherwise torch's default stands: all cores, or OMP_NUM_THREADS where a runner that
+        # trains several units side by side has split the cores between them (two processes
+        # with all cores each run many times slower than one, from OpenMP oversubscription).
+        torch.set_num_threads(num_threads)
     if settings.bf16 and not cuda:
         warnings.warn("settings.bf16 is ignored on CPU: training runs in float32")
     memory_format = torch.channels_last if cuda else torch.contiguous_format
@@ -266,7 +269,7 @@ def train(model: torch.nn.Module, splits: data_lib.Splits, settings: TrainSettin
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         history = ckpt["history"]
     else:
-        torch.manual_seed(int(seed))
+        torch.manual_seed(stream_seed(seed, "dropout"))
 
     empties = empty_layers(model)
     steps_per_epoch = len(data.train) // settings.batch_size
