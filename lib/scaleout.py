@@ -1,0 +1,713 @@
+"""Scale-out: a profile's grid as independent jobs on submitit (local processes or SLURM).
+
+This module owns *how the grid leaves this process*: which jobs a grid has, where each job
+keeps its executed notebooks, log and state (:func:`job_dir`, the one function that builds
+those paths; unit folders stay in :mod:`lib.paths`), how jobs are handed to submitit, and
+what ``status`` reports. It adds no computation: a job runs notebooks 01-03 of
+:mod:`lib.workbook` on a narrowed :class:`~lib.workbook.Grid`, and everything it produces
+lands in the same unit folders as an in-process run, so resume and skip-if-done come from
+:mod:`lib.workbook` and :mod:`lib.train`.
+
+A **job** is one (architecture, dataset, density, seed): notebooks 01 → 03 with papermill on
+``dataclasses.replace(grid, archs=(arch,), seeds=(seed,), densities=(density,))``; ResNet-34
+without skips rides with the ResNet-34 job through the grid's ``no_skip`` flag. Its folder,
+``<runs_dir>/jobs/<arch>-<dataset>-d<density>-s<seed>-<hash>/``, holds ``01_pruning.ipynb``
+… ``03_spectral.ipynb``, ``job.log``, ``state.json`` (pending / running / requeued / done /
+failed, error one-liner, attempts, timestamps; written atomically) and ``submission.json``
+(executor, job id, submitit's log paths). Whether a job is *done* is read from its units'
+files (``masks.pt``, ``result.json``, ``layers.csv``), never from ``state.json``.
+
+Executors (:class:`Options`): ``inprocess`` is :func:`lib.workbook.run`; ``local`` is
+``submitit.LocalExecutor`` (one process per job, ``parallel`` at a time, CPU threads split
+between them, one GPU per job when there are GPUs); ``slurm`` is ``submitit.SlurmExecutor``
+(one job array, ``parallel`` tasks at a time). Jobs are ``submitit.helpers.Checkpointable``:
+a preempted or timed-out job is requeued and, since units skip what is done and training
+resumes from its last epoch's checkpoint, it continues where it stopped. A job that raises
+records the error and the rest of the grid goes on; submitting the grid again runs only the
+jobs that are missing, failed or whose process is gone. Notebook 04 runs once, in the
+submitting process, when every job is done.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import pandas as pd
+import submitit
+
+from . import paths, workbook
+from .results import read_json, read_table, write_json
+from .settings import settings_hash
+
+EXECUTORS = ("inprocess", "local", "slurm")
+# submitit's LocalExecutor stops a job after 2 minutes unless told otherwise; a unit of the
+# paper profile trains for hours, so the local default is a week (jobs requeue after it).
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60
+SLURM_TIMEOUT_MIN = 24 * 60  # a common partition limit; longer jobs are requeued and resume
+SLURM_PARALLEL = 32  # array tasks at a time (``#SBATCH --array=0-N%32``)
+SLURM_GPUS = 1
+SLURM_CPUS = 8
+MAX_REQUEUES = 5  # time-limit requeues per job (preemptions do not count; submitit's rule)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+STATE, SUBMISSION, LOG = "state.json", "submission.json", "job.log"
+ALIVE = ("pending", "running", "requeued")  # states of a job that is (or may be) in a queue
+RERUN = ("missing", "failed", "interrupted")  # what a resubmission runs again
+STATES = ("done", *ALIVE, *RERUN)
+# Training-set sizes before the validation split, for :func:`estimate` without reading data
+# (the synthetic size is lib.data.load_data's default).
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "fashion-mnist": 60_000, "synthetic": 512}
+
+
+# ------------------------------------------------------------------------------ jobs
+@dataclass(frozen=True)
+class JobSpec:
+    """One job: notebooks 01-03 for one architecture, dataset, density and seed."""
+
+    arch: str
+    dataset: str
+    density: float
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch}-{self.dataset}-d{self.density:g}-s{self.seed}"
+
+
+def jobs(grid: workbook.Grid) -> list[JobSpec]:
+    """Every job of ``grid``, architecture-major (the order of the SLURM array)."""
+    return [JobSpec(arch, grid.dataset, density, seed)
+            for arch in grid.archs for density in grid.densities for seed in grid.seeds]
+
+
+def job_grid(grid: workbook.Grid, spec: JobSpec) -> workbook.Grid:
+    """The grid of one job: ``grid`` narrowed to its architecture, density and seed."""
+    if spec.dataset != grid.dataset:
+        raise ValueError(f"job {spec.label} is for {spec.dataset!r} but the grid is {grid.dataset!r}")
+    return dataclasses.replace(grid, archs=(spec.arch,), seeds=(spec.seed,), densities=(spec.density,))
+
+
+def job_dir(grid: workbook.Grid, spec: JobSpec) -> Path:
+    """The folder of one job: executed notebooks, ``job.log``, ``state.json``.
+
+    The name ends with the hash of the job's grid without its folder names, so a job of other
+    settings (say, more epochs) in the same ``runs_dir`` never reads this job's state.
+    """
+    g = dataclasses.replace(job_grid(grid, spec), profile="", runs_dir="", data_dir="", figures_dir="")
+    return grid.root / "jobs" / f"{spec.label}-{settings_hash(g)}"
+
+
+def submitit_dir(grid: workbook.Grid) -> Path:
+    """submitit's own folder (pickled jobs, its stdout/stderr per job id)."""
+    return grid.root / "jobs" / "submitit"
+
+
+def _stage_done(grid: workbook.Grid, density: float, stage: str) -> bool:
+    """Whether every unit that notebook ``stage`` makes for ``density`` exists already."""
+    root = grid.root
+    if stage == "01_pruning":
+        masks = grid.metric_masks(density) + grid.masks(density, grid.train_width)
+        return all((paths.mask_dir(root, s) / workbook.MASKS).exists() for s in masks)
+    if stage == "02_training":
+        return all((paths.train_dir(root, r) / "result.json").exists() for r in grid.train_runs(density))
+    if stage == "03_spectral":
+        return all((paths.mask_dir(root, s) / workbook.LAYER_METRICS).exists() for s in grid.metric_masks(density))
+    raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(workbook.STAGES)}")
+
+
+def is_done(grid: workbook.Grid, spec: JobSpec) -> bool:
+    """Whether every unit of the job is finished (from the units' files)."""
+    g = job_grid(grid, spec)
+    return all(_stage_done(g, spec.density, stage) for stage in workbook.STAGES)
+
+
+# ------------------------------------------------------------------------------ state
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def read_state(folder: Path) -> dict | None:
+    path = folder / STATE
+    return read_json(path) if path.exists() else None
+
+
+def _write_state(folder: Path, spec: JobSpec, state: str, **fields) -> dict:
+    """Replace the job's state with ``state``, keeping its history fields (attempts, started)."""
+    old = read_state(folder) or {}
+    keep = {k: old[k] for k in ("attempts", "started", "submitted", "executor") if k in old}
+    record = {**keep, "job": dataclasses.asdict(spec), "state": state, "error": None,
+              "log": str(folder / LOG), "updated": _now(), **fields}
+    write_json(folder / STATE, record)
+    return record
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An error as one line: the notebook's exception for papermill errors, else type: message."""
+    if hasattr(exc, "ename") and hasattr(exc, "evalue"):  # papermill.PapermillExecutionError
+        text = f"{exc.ename}: {exc.evalue}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _process_alive(pid: int) -> bool:
+    import psutil  # a dependency of ipykernel
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# sacct states after which a SLURM job will not run again by itself.
+_SLURM_ENDED = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
+                "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT")
+
+
+def _alive(submission: dict | None) -> bool:
+    """Whether the job's submitit job may still run. Only what can be checked is checked:
+    a local job on this host by its controller's process, a SLURM job through ``sacct``; in
+    doubt (another host, no ``sacct``) it counts as alive, so it is not submitted twice."""
+    if not submission:
+        return False
+    if submission.get("executor") == "local":
+        if submission.get("host") != socket.gethostname():
+            return True
+        return _process_alive(int(submission["job_id"]))
+    if submission.get("executor") == "slurm":
+        import shutil
+
+        if shutil.which("sacct") is None:
+            return True
+        from submitit.slurm.slurm import SlurmInfoWatcher
+
+        state = SlurmInfoWatcher(delay_s=0).get_state(str(submission["job_id"]), mode="force")
+        return not state.upper().startswith(_SLURM_ENDED)
+    return False
+
+
+def job_status(grid: workbook.Grid, spec: JobSpec) -> dict:
+    """One row of :func:`status`: the job's keys, state, attempts, error and log path."""
+    folder = job_dir(grid, spec)
+    state = read_state(folder) or {}
+    row = {**dataclasses.asdict(spec), "state": "missing", "attempts": state.get("attempts", 0),
+           "error": state.get("error") or "", "log": str(folder / LOG)}
+    if is_done(grid, spec):
+        row.update(state="done", error="")
+    elif state.get("state") in ALIVE:
+        sub_path = folder / SUBMISSION
+        submission = read_json(sub_path) if sub_path.exists() else None
+        if _alive(submission):
+            row["state"] = state["state"]
+        else:
+            row.update(state="interrupted",
+                       error=f"its process is gone (killed?) while {state['state']}; resubmit to resume")
+    elif state.get("state") == "failed":
+        row["state"] = "failed"
+    return row
+
+
+def status(grid: workbook.Grid) -> pd.DataFrame:
+    """One row per job: arch, dataset, density, seed, state, attempts, error, log.
+
+    ``done`` comes from the units' files; ``pending``, ``running``, ``requeued`` and
+    ``failed`` from the job's ``state.json``; ``interrupted`` is a pending or running job
+    whose process is gone; ``missing`` was never submitted (or its units were removed).
+    """
+    return pd.DataFrame([job_status(grid, spec) for spec in jobs(grid)],
+                        columns=["arch", "dataset", "density", "seed", "state", "attempts", "error", "log"])
+
+
+def counts(table: pd.DataFrame) -> dict[str, int]:
+    """Jobs per state, every state listed (zeros included) in a fixed order."""
+    return {s: int((table["state"] == s).sum()) for s in STATES}
+
+
+# ------------------------------------------------------------------------------ the job
+def _job_logger(folder: Path) -> logging.Logger:
+    """A logger writing to the job's ``job.log`` (appending across attempts) and to stderr
+    (which submitit keeps in its own log)."""
+    logger = logging.getLogger(f"lib.scaleout.job.{folder.name}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        folder.mkdir(parents=True, exist_ok=True)
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+        for handler in (logging.FileHandler(folder / LOG), logging.StreamHandler(sys.stderr)):
+            handler.setFormatter(fmt)
+            logger.addHandler(handler)
+    return logger
+
+
+def _stop_children(pid: int, grace_s: float = 3.0) -> list[int]:
+    """Terminate every descendant of ``pid`` (then kill what is left after ``grace_s``);
+    returns their pids. A job's descendants are its papermill kernels: a requeued job must
+    not leave one training on while the next attempt resumes from the same checkpoint."""
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    def running(proc) -> bool:  # a zombie has stopped; its parent reaps it
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    deadline = time.monotonic() + grace_s
+    while any(running(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for child in filter(running, children):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    return [c.pid for c in children]
+
+
+class UnitJob(submitit.helpers.Checkpointable):
+    """What a submitit job runs: the notebooks 01-03 of one :class:`JobSpec`.
+
+    ``threads`` goes into ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS``
+    before papermill starts a kernel (the kernel inherits the environment), so that jobs
+    sharing a machine split its cores instead of oversubscribing them. ``cuda_devices``, when
+    given, becomes ``CUDA_VISIBLE_DEVICES`` (submitit's local executor would give every job
+    the same GPUs). ``notebooks=False`` calls :func:`lib.workbook.prune_density`,
+    :func:`~lib.workbook.train_density` and :func:`~lib.workbook.metrics_density` in the job's
+    own process instead of executing the notebooks: the same units, without the seconds that
+    each papermill kernel costs (tests), and without executed notebooks.
+    """
+
+    def __init__(self, grid: workbook.Grid, spec: JobSpec, threads: int | None = None,
+                 cuda_devices: str | None = None, notebooks: bool = True):
+        self.grid, self.spec = grid, spec
+        self.threads, self.cuda_devices, self.notebooks = threads, cuda_devices, notebooks
+
+    @property
+    def folder(self) -> Path:
+        return job_dir(self.grid, self.spec)
+
+    def _environment(self) -> dict:
+        if self.threads:
+            os.environ.update({var: str(self.threads) for var in THREAD_VARS})
+        if self.cuda_devices is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_devices
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "threads": self.threads,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        with contextlib.suppress(RuntimeError, KeyError):  # outside a submitit job (called directly)
+            env = submitit.JobEnvironment()
+            info.update(submitit_job_id=env.job_id, stdout=str(env.paths.stdout), stderr=str(env.paths.stderr))
+        return info
+
+    def _run_stages(self, log: logging.Logger) -> None:
+        g, density = job_grid(self.grid, self.spec), self.spec.density
+        if not self.notebooks:
+            if self.threads:
+                import torch
+
+                torch.set_num_threads(self.threads)  # torch may be imported already here
+            for name, fn in (("01_pruning", workbook.prune_density), ("02_training", workbook.train_density),
+                             ("03_spectral", workbook.metrics_density)):
+                start = time.perf_counter()
+                fn(g, density, progress=False)
+                log.info("%s done in %.1f s (in the job's process)", name, time.perf_counter() - start)
+            return
+        for name in workbook.STAGES:
+            output = self.folder / f"{name}.ipynb"
+            if output.exists() and _stage_done(g, density, name):
+                log.info("%s: units done and notebook executed already, skipped", name)
+                continue
+            start = time.perf_counter()
+            workbook.execute(name, g, output, density=density)
+            log.info("%s done in %.1f s: %s", name, time.perf_counter() - start, output)
+
+    def __call__(self) -> str:
+        folder, spec = self.folder, self.spec
+        log = _job_logger(folder)
+        attempts = (read_state(folder) or {}).get("attempts", 0) + 1
+        info = self._environment()
+        _write_state(folder, spec, "running", attempts=attempts, started=_now(), **info)
+        log.info("attempt %d of %s on %s (pid %d, threads %s, CUDA_VISIBLE_DEVICES=%s)", attempts,
+                 spec.label, info["host"], info["pid"], self.threads, info["cuda_visible_devices"])
+        try:
+            if is_done(self.grid, spec):
+                log.info("every unit is done already: nothing to run")
+            else:
+                self._run_stages(log)
+        except Exception as exc:  # recorded, then raised so that submitit/SLURM see a failure
+            log.error("failed: %s\n%s", _one_line(exc), traceback.format_exc())
+            _write_state(folder, spec, "failed", error=_one_line(exc), finished=_now(), **info)
+            raise
+        _write_state(folder, spec, "done", finished=_now(), **info)
+        log.info("done")
+        return "done"
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on preemption or time-out: stop this attempt's kernels and
+        requeue the same job; the next attempt resumes from the units' files."""
+        folder = self.folder
+        stopped = _stop_children(os.getpid())
+        _write_state(folder, self.spec, "requeued", requeued=_now())
+        _job_logger(folder).warning("preempted or timed out: requeued (stopped processes %s)", stopped)
+        return super().checkpoint(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------------ executors
+@dataclass(frozen=True)
+class Options:
+    """How to run a grid's jobs. ``None`` means the executor's default (module constants).
+
+    ``parallel``: jobs at a time (local: processes, default 1; slurm: array tasks at a
+    time, default 32). ``threads``: CPU threads per job (default: local, cores // parallel;
+    slurm, ``cpus_per_job``). ``gpus``: local GPU ids to spread jobs over (default: the
+    visible ones). ``timeout_min``: a job's time limit (local: a week; slurm: 24 h), after
+    which it is requeued up to ``max_requeues`` times. SLURM only: ``partition`` (default:
+    the cluster's), ``gpus_per_job``, ``cpus_per_job``, ``mem_gb`` (default: the cluster's),
+    ``sbatch`` (extra ``#SBATCH --key=value`` lines), ``setup`` (shell lines before the job,
+    e.g. ``module load cuda``). ``notebooks=False``: see :class:`UnitJob`.
+    """
+
+    executor: str = "inprocess"
+    parallel: int | None = None
+    threads: int | None = None
+    gpus: tuple[int, ...] | None = None
+    timeout_min: int | None = None
+    partition: str | None = None
+    gpus_per_job: int = SLURM_GPUS
+    cpus_per_job: int = SLURM_CPUS
+    mem_gb: float | None = None
+    sbatch: Mapping[str, str] = field(default_factory=dict)
+    setup: tuple[str, ...] = ()
+    max_requeues: int = MAX_REQUEUES
+    notebooks: bool = True
+    poll_s: float | None = None
+
+    def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor!r}; choose one of {', '.join(EXECUTORS)} (--executor)")
+        for name in ("parallel", "threads", "timeout_min"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.gpus_per_job < 0 or self.cpus_per_job < 1:
+            raise ValueError(f"--gpus-per-job must be >= 0 and --cpus-per-job >= 1, got "
+                             f"{self.gpus_per_job} and {self.cpus_per_job}")
+        if self.gpus is not None:
+            object.__setattr__(self, "gpus", tuple(int(g) for g in self.gpus))
+        object.__setattr__(self, "setup", tuple(self.setup))
+        object.__setattr__(self, "sbatch", dict(self.sbatch))
+
+    @property
+    def jobs_at_a_time(self) -> int:
+        return self.parallel or (SLURM_PARALLEL if self.executor == "slurm" else 1)
+
+    @property
+    def job_threads(self) -> int:
+        if self.threads:
+            return self.threads
+        if self.executor == "slurm":
+            return self.cpus_per_job
+        return max(1, (os.cpu_count() or 1) // self.jobs_at_a_time)
+
+    @property
+    def time_limit_min(self) -> int:
+        return self.timeout_min or (SLURM_TIMEOUT_MIN if self.executor == "slurm" else LOCAL_TIMEOUT_MIN)
+
+    @property
+    def poll_seconds(self) -> float:
+        # sacct is asked at most once a minute by submitit anyway; local processes are cheap to poll
+        return self.poll_s or (60.0 if self.executor == "slurm" else 1.0)
+
+
+def slurm_parameters(grid: workbook.Grid, options: Options) -> dict:
+    """The parameters given to ``submitit.SlurmExecutor.update_parameters`` (sbatch names)."""
+    params = {
+        "job_name": f"pai-{grid.profile}",
+        "time": options.time_limit_min,
+        "gpus_per_node": options.gpus_per_job,
+        "cpus_per_task": options.cpus_per_job,
+        "array_parallelism": options.jobs_at_a_time,
+        "ntasks_per_node": 1,
+    }
+    if options.partition:
+        params["partition"] = options.partition
+    if options.mem_gb:
+        gb = options.mem_gb
+        params["mem"] = f"{int(gb)}GB" if gb == int(gb) else f"{int(gb * 1024)}MB"
+    if options.sbatch:
+        params["additional_parameters"] = dict(options.sbatch)
+    if options.setup:
+        params["setup"] = list(options.setup)
+    return params
+
+
+def make_executor(grid: workbook.Grid, options: Options) -> submitit.Executor:
+    """The submitit executor of ``options`` (``local`` or ``slurm``), time limit set."""
+    folder = submitit_dir(grid)
+    if options.executor == "local":
+        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=options.max_requeues)
+        ex.update_parameters(timeout_min=options.time_limit_min)
+        return ex
+    if options.executor == "slurm":
+        # SlurmExecutor, not AutoExecutor: without SLURM this must fail, not run locally.
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=options.max_requeues)
+        ex.update_parameters(**slurm_parameters(grid, options))
+        return ex
+    raise ValueError(f"executor {options.executor!r} runs in this process: call lib.workbook.run")
+
+
+@dataclass
+class Submitted:
+    """A job handed to submitit."""
+
+    spec: JobSpec
+    job: submitit.Job
+
+
+def submit(grid: workbook.Grid, specs: Sequence[JobSpec], options: Options,
+           executor: submitit.Executor | None = None, cuda_devices: str | None = None) -> list[Submitted]:
+    """Submit ``specs`` now (SLURM: as one array), recording each as pending first."""
+    executor = executor or make_executor(grid, options)
+    for spec in specs:
+        _write_state(job_dir(grid, spec), spec, "pending", submitted=_now(), executor=options.executor)
+    calls = [UnitJob(grid, spec, threads=options.job_threads, cuda_devices=cuda_devices,
+                     notebooks=options.notebooks) for spec in specs]
+    batch = executor.batch() if options.executor == "slurm" and len(calls) > 1 else contextlib.nullcontext()
+    with batch:
+        handles = [executor.submit(call) for call in calls]
+    out = []
+    for spec, job in zip(specs, handles):
+        # A file of its own: the job may already be writing state.json.
+        write_json(job_dir(grid, spec) / SUBMISSION, {
+            "executor": options.executor, "job_id": str(job.job_id), "host": socket.gethostname(),
+            "submitit_folder": str(submitit_dir(grid)), "stdout": str(job.paths.stdout),
+            "stderr": str(job.paths.stderr), "submitted": _now()})
+        out.append(Submitted(spec, job))
+    return out
+
+
+def _settle(grid: workbook.Grid, sub: Submitted) -> str:
+    """After a job's process ended: its final state, recording a failure if it died before
+    recording anything itself (killed, out of memory)."""
+    folder = job_dir(grid, sub.spec)
+    state = read_state(folder) or {}
+    if is_done(grid, sub.spec):
+        return "done"
+    if state.get("state") in ALIVE:
+        _write_state(folder, sub.spec, "failed", finished=_now(),
+                     error=f"the job's process ended without recording a result; see {sub.job.paths.stderr}")
+        return "failed"
+    return state.get("state", "failed")
+
+
+def _local_gpus(options: Options) -> tuple[str, ...]:
+    """GPU ids for local jobs: ``options.gpus``, else this process's visible GPUs (their
+    ``CUDA_VISIBLE_DEVICES`` names, so that a restricted set stays restricted)."""
+    if options.gpus is not None:
+        return tuple(str(g) for g in options.gpus)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return tuple(v for v in visible.split(",") if v.strip())
+    import torch
+
+    return tuple(str(i) for i in range(torch.cuda.device_count()))
+
+
+def _bar(total: int, progress: bool, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="job")
+
+
+def _run_local(grid: workbook.Grid, todo: list[JobSpec], options: Options, progress: bool) -> list[Submitted]:
+    """Keep ``options.jobs_at_a_time`` local jobs running until ``todo`` is done; job k of
+    the slots running at once gets GPU ``k mod len(gpus)``."""
+    executor = make_executor(grid, options)
+    gpus = _local_gpus(options)
+    queue, running, finished = list(todo), {}, []
+    bar = _bar(len(todo), progress, f"{grid.profile} (local, {options.jobs_at_a_time} at a time)")
+    try:
+        while queue or running:
+            for slot, sub in list(running.items()):
+                if sub.job.done():
+                    _settle(grid, sub)
+                    finished.append(running.pop(slot))
+                    if bar is not None:
+                        bar.update(1)
+            for slot in range(options.jobs_at_a_time):
+                if slot not in running and queue:
+                    cuda = gpus[slot % len(gpus)] if gpus else None
+                    running[slot] = submit(grid, [queue.pop(0)], options, executor, cuda_devices=cuda)[0]
+            if running:
+                time.sleep(options.poll_seconds)
+    except BaseException:
+        # Ctrl-C or an error here: local jobs outlive this process unless stopped.
+        for sub in running.values():
+            sub.job.cancel(check=False)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return finished
+
+
+def _wait(grid: workbook.Grid, submitted: list[Submitted], options: Options, progress: bool) -> None:
+    pending = list(submitted)
+    bar = _bar(len(pending), progress, f"{grid.profile} ({options.executor})")
+    try:
+        while pending:
+            for sub in [s for s in pending if s.job.done()]:
+                _settle(grid, sub)
+                pending.remove(sub)
+                if bar is not None:
+                    bar.update(1)
+            if pending:
+                time.sleep(options.poll_seconds)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _prefetch_data(grid: workbook.Grid) -> None:
+    """Read (download, if needed) the dataset once here: jobs downloading CIFAR in parallel
+    would write over each other's archive."""
+    from .data import load_data
+
+    load_data(grid.dataset, root=grid.data_root)  # the files are the same for any split
+
+
+@contextlib.contextmanager
+def _thread_env(threads: int | None) -> Iterator[None]:
+    """Set the thread variables for the kernels started inside the block, then restore."""
+    if not threads:
+        yield
+        return
+    before = {var: os.environ.get(var) for var in THREAD_VARS}
+    os.environ.update({var: str(threads) for var in THREAD_VARS})
+    try:
+        yield
+    finally:
+        for var, value in before.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+@dataclass
+class GridRun:
+    """What :func:`run_grid` did: jobs submitted now, jobs left alone because they are
+    already queued or running, the status afterwards, and 04's executed notebook if it ran."""
+
+    submitted: list[JobSpec]
+    alive: list[JobSpec]
+    status: pd.DataFrame
+    figures: Path | None
+
+    @property
+    def complete(self) -> bool:
+        return bool((self.status["state"] == "done").all())
+
+
+def final_notebook(grid: workbook.Grid) -> Path:
+    return grid.root / "notebooks" / f"{workbook.FINAL}.ipynb"
+
+
+def _figures_stale(grid: workbook.Grid) -> bool:
+    """Whether 04 has not run since the last job finished."""
+    out = final_notebook(grid)
+    if not out.exists():
+        return True
+    states = [job_dir(grid, s) / STATE for s in jobs(grid)]
+    newest = max((p.stat().st_mtime for p in states if p.exists()), default=0.0)
+    return newest > out.stat().st_mtime
+
+
+def run_grid(grid: workbook.Grid, options: Options, progress: bool = True, wait: bool = True,
+             figures: bool = True) -> GridRun:
+    """Run the grid's missing, failed and interrupted jobs on ``options.executor``, then 04.
+
+    Jobs that are done are skipped; jobs still pending or running (in an earlier submission)
+    are left alone. With ``wait`` (always, for ``local``), returns when the submitted jobs
+    have ended; then, if every job is done and ``figures``, notebook 04 runs here (once: not
+    again if no job finished since). ``inprocess`` is :func:`lib.workbook.run`.
+    """
+    if options.executor == "inprocess":
+        with _thread_env(options.threads):
+            final = workbook.run(grid, progress=progress)
+        table = status(grid)
+        return GridRun(submitted=[], alive=[], status=table, figures=final)
+
+    table = status(grid)
+    specs = {s.label: s for s in jobs(grid)}
+    labels = [JobSpec(r.arch, r.dataset, r.density, r.seed).label for r in table.itertuples()]
+    todo = [specs[k] for k, state in zip(labels, table["state"]) if state in RERUN]
+    alive = [specs[k] for k, state in zip(labels, table["state"]) if state in ALIVE]
+    if todo:
+        _prefetch_data(grid)
+        if options.executor == "local":
+            _run_local(grid, todo, options, progress)
+        else:
+            submitted = submit(grid, todo, options)
+            if wait:
+                _wait(grid, submitted, options, progress)
+    table = status(grid)
+    final = None
+    if figures and (table["state"] == "done").all() and _figures_stale(grid):
+        final = workbook.execute(workbook.FINAL, grid, final_notebook(grid))
+    return GridRun(submitted=todo, alive=alive, status=table, figures=final)
+
+
+# ------------------------------------------------------------------------------ estimate
+def images_per_epoch(grid: workbook.Grid) -> int:
+    """Training images seen per epoch: the split of :func:`lib.data.load_data`, full batches."""
+    if grid.dataset not in TRAIN_IMAGES:
+        raise ValueError(f"no training-set size for {grid.dataset!r}; known: {', '.join(TRAIN_IMAGES)}")
+    n = TRAIN_IMAGES[grid.dataset]
+    rest = n - int(round(grid.val_fraction * n))
+    if grid.train_fraction < 1:
+        rest = max(1, int(round(grid.train_fraction * rest)))
+    return rest // grid.batch_size * grid.batch_size
+
+
+def throughput_from_bench(csv: str | Path) -> dict[str, float]:
+    """Masked-training images/s per architecture from ``bench/bench_train.py``'s table."""
+    table = read_table(csv)
+    return {row.arch: float(row.workbook_img_s) for row in table.itertuples()}
+
+
+def estimate(grid: workbook.Grid, throughput: Mapping[str, float]) -> pd.DataFrame:
+    """Training hours per job: runs × epochs × images per epoch / images per second.
+
+    ``throughput``: images/s of the masked training step per architecture, as measured by
+    ``bench/bench_train.py`` on the machine that will train. Evaluation (validation and
+    test set after every epoch), pruning and metrics are not counted: a lower bound.
+    """
+    missing = [a for a in grid.archs if a not in throughput]
+    if missing:
+        raise ValueError(f"no throughput for {', '.join(missing)}; pass --throughput ARCH=IMG_PER_S "
+                         "or --bench bench/results/bench_train.csv (python bench/bench_train.py)")
+    per_epoch = images_per_epoch(grid)
+    rows = []
+    for spec in jobs(grid):
+        runs = len(job_grid(grid, spec).train_runs(spec.density))
+        seconds = runs * grid.epochs * per_epoch / throughput[spec.arch]
+        rows.append({**dataclasses.asdict(spec), "training_runs": runs, "epochs": grid.epochs,
+                     "images_per_epoch": per_epoch, "img_per_s": throughput[spec.arch],
+                     "hours": seconds / 3600})
+    return pd.DataFrame(rows)
