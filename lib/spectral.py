@@ -9,8 +9,9 @@ Only the two largest singular values ``s1 >= s2`` of the 0/1 biadjacency matrix 
 (the adjacency spectrum is ``±s_i``), so no ``(|L|+|R|)``-square matrix and no graph library
 is involved. How they are found depends on the matrix's shape (:func:`top2_singular_values`):
 
-* the Gram matrix of the *smaller* side is formed exactly in integer arithmetic (0/1 products
-  summed in int32 are exact; an int8 GEMM is several times faster than a float one), then
+* the Gram matrix of the *smaller* side is formed exactly (0/1 products summed in int32, or
+  in float32, are exact: every partial sum is an integer below 2**24), in whichever of an int8
+  or a float32 GEMM is faster on this CPU (:func:`gemm_dtype`), then
 * its top two eigenvalues come from a dense symmetric eigensolver when it is small, or from
   Lanczos (ARPACK) on the dense Gram when it is large;
 * ``solver="sparse"`` instead runs Lanczos directly on the sparse matrix (``svds``), which is
@@ -22,7 +23,9 @@ grouping, degrees and neighbourhoods are computed once per layer and shared by a
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import time
 from typing import Mapping
 
 import numpy as np
@@ -48,6 +51,8 @@ DENSE_EIG_MAX = 300
 # Below this many matrix entries a GEMM or eigensolve is faster on one thread: waking a thread
 # pool costs more than the work, and under load (a shared 2-core machine) far more.
 SMALL_WORK = 2**20
+# Gram matrices of at least twice this order are formed block by block, upper triangle only.
+GRAM_BLOCK = 512
 
 
 @contextlib.contextmanager
@@ -65,21 +70,64 @@ def _threads(small: bool):
 
 
 # --------------------------------------------------------------------------- linear algebra
+@functools.cache
+def gemm_dtype() -> torch.dtype:
+    """The faster exact GEMM for 0/1 Gram matrices on this CPU: ``torch.int8`` or ``torch.float32``.
+
+    An int8 GEMM (``torch._int_mm``, int32 accumulation) is several times faster than float32
+    where the CPU has int8 dot-product instructions (AVX512-VNNI, AMX), and some fifty times
+    *slower* where it has not (seen on an AMD EPYC without AVX-512): a 4096 x 25088 layer then
+    takes minutes instead of seconds. Both are exact, so a small timing picks one per process.
+    """
+    x = (torch.rand(128, 1024, generator=torch.Generator().manual_seed(0)) < 0.5)
+    xi, xf = x.to(torch.int8), x.to(torch.float32)
+    try:
+        torch._int_mm(xi, xi.T.contiguous())  # warm-up, and private API: may be missing
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return torch.float32
+    timings = {}
+    for dtype, a in ((torch.int8, xi), (torch.float32, xf)):
+        start = time.perf_counter()
+        for _ in range(3):
+            torch._int_mm(a, a.T.contiguous()) if dtype == torch.int8 else a @ a.T
+        timings[dtype] = time.perf_counter() - start
+    return min(timings, key=timings.get)
+
+
+def _symmetric_product(x: torch.Tensor, block: int = GRAM_BLOCK) -> torch.Tensor:
+    """``x @ x.T`` computing only the blocks on and above the diagonal (5/8 of a GEMM's work
+    for 8 blocks), mirrored. BLAS's ``syrk`` does this too, but scipy's BLAS runs its own thread
+    pool, whose spinning threads then slow every later torch call on a 2-core machine 40-fold."""
+    n = x.shape[0]
+    out = torch.empty(n, n, dtype=x.dtype)
+    starts = range(0, n, block)
+    for i in starts:
+        rows = x[i:i + block]
+        right = x[i:]  # blocks (i, j >= i) in one GEMM
+        prod = rows @ right.T
+        out[i:i + block, i:] = prod
+        out[i:, i:i + block] = prod.T
+    return out
+
+
 def _gram(x: torch.Tensor) -> torch.Tensor:
     """Exact ``x @ x.T`` of a 0/1 matrix, as float64.
 
-    int8 inputs with int32 accumulation are exact for any layer width here (< 2**31 terms),
-    and several times faster than float32 GEMM on CPUs; ``torch._int_mm`` is private API, so
-    fall back to float64, which is exact too (integers below 2**53).
+    Exact in int8 with int32 accumulation (< 2**31 terms) and in float32 (every partial sum is
+    an integer, and the inner dimension, a layer's fan-in or fan-out, is far below 2**24).
     """
-    xi = x if x.dtype == torch.int8 else x.to(torch.int8)
-    with _threads(x.shape[0] * x.shape[0] * x.shape[1] < 64 * SMALL_WORK):
-        try:
-            g = torch._int_mm(xi, xi.T.contiguous())
-        except (RuntimeError, AttributeError, NotImplementedError):
-            xd = x.to(torch.float64)
-            return xd @ xd.T
-    return g.to(torch.float64)
+    if x.shape[1] >= 2**24:
+        xd = x.to(torch.float64)
+        return xd @ xd.T
+    small = x.shape[0] * x.shape[0] * x.shape[1] < 64 * SMALL_WORK
+    with _threads(small):
+        if gemm_dtype() == torch.int8:
+            xi = x.to(torch.int8)
+            return torch._int_mm(xi, xi.T.contiguous()).to(torch.float64)
+        xf = x.to(torch.float32)
+        if x.shape[0] < 2 * GRAM_BLOCK:
+            return (xf @ xf.T).to(torch.float64)
+        return _symmetric_product(xf).to(torch.float64)
 
 
 def _top2_eig_symmetric(g: torch.Tensor) -> tuple[float, float]:

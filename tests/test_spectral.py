@@ -292,3 +292,13 @@ def test_narc_literal_vanishes_for_the_whole_left_side():
     assert part == pytest.approx((1.5 * math.sqrt(10) - abs(6 - 3 / 7 * 10)) / 49, abs=TOL)
     with pytest.raises(ValueError, match="left_subset"):
         spectral.narc_literal(b, [9])
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float32])
+def test_gram_is_exact_in_either_gemm(monkeypatch, dtype):
+    """Both GEMMs that gemm_dtype() may pick on a CPU give the exact integer Gram matrix."""
+    monkeypatch.setattr(spectral, "gemm_dtype", lambda: dtype)
+    x = torch.rand(300, 5000, generator=torch.Generator().manual_seed(5)) < 0.3
+    want = x.to(torch.float64) @ x.to(torch.float64).T
+    got = spectral._gram(x.to(torch.int8))
+    assert got.dtype == torch.float64 and torch.equal(got, want)
