@@ -98,9 +98,10 @@ class Splits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     name: str
-    seed: int = 0  # seed of the validation split and of the train_fraction subsample
+    seed: int = 0  # seed of the validation split and of the train/test_fraction subsamples
     val_fraction: float = 0.1
     train_fraction: float = 1.0
+    test_fraction: float = 1.0
 
     @property
     def nbytes(self) -> int:
@@ -110,7 +111,7 @@ class Splits:
         """A copy whose three sets live on ``device`` (a no-op copy if already there)."""
         return Splits(self.train.to(device), self.val.to(device), self.test.to(device),
                       self.num_classes, self.in_channels, self.mean, self.std, self.name,
-                      self.seed, self.val_fraction, self.train_fraction)
+                      self.seed, self.val_fraction, self.train_fraction, self.test_fraction)
 
     def __repr__(self) -> str:
         return (f"Splits({self.name}: train {len(self.train)}, val {len(self.val)}, "
@@ -256,7 +257,8 @@ def _synthetic(size: Sequence[int], num_classes: int):
 
 
 def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: float = 0.1,
-              seed: int = 0, train_fraction: float = 1.0, download: bool = True,
+              seed: int = 0, train_fraction: float = 1.0, test_fraction: float = 1.0,
+              download: bool = True,
               synthetic_size: Sequence[int] = (512, 3, 32, 32),
               synthetic_classes: int = 10) -> Splits:
     """Load ``name`` (``cifar10``, ``cifar100``, ``fashion-mnist`` or ``synthetic``) as :class:`Splits`.
@@ -265,15 +267,18 @@ def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: fl
     result does not depend on the working directory. Validation split: a permutation of
     the training set drawn from ``seed``; the first ``round(val_fraction * N)`` images are
     the validation set, and ``train_fraction`` of the rest (drawn from the same generator)
-    is the training set. Indices are sorted, so each set keeps the file order.
+    is the training set. ``test_fraction`` < 1 evaluates a seeded subsample of the test set
+    (a budget option: per-epoch evaluation of 10000 test images costs a short CPU run as
+    much as its training). Indices are sorted, so each set keeps the file order.
     ``synthetic`` is random data for tests; it never stands in for a missing dataset.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if not 0 < train_fraction <= 1:
-        raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+    for label, fraction in (("train_fraction", train_fraction), ("test_fraction", test_fraction)):
+        if not 0 < fraction <= 1:
+            raise ValueError(f"{label} must be in (0, 1], got {fraction}")
     root = Path(root) if root is not None else _default_root()
 
     if name in ("cifar10", "cifar100"):
@@ -299,11 +304,16 @@ def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: fl
         n_keep = max(1, int(round(train_fraction * len(rest))))
         rest = rest[torch.randperm(len(rest), generator=g)[:n_keep]]
     val_idx, train_idx = val_idx.sort().values, rest.sort().values
+    test_idx = torch.arange(len(y_test))
+    if test_fraction < 1:
+        n_keep = max(1, int(round(test_fraction * len(y_test))))
+        g_test = torch.Generator().manual_seed(stream_seed(seed, "test"))
+        test_idx = torch.randperm(len(y_test), generator=g_test)[:n_keep].sort().values
 
     return Splits(
         train=ImageSet(x_train[train_idx].contiguous(), y_train[train_idx]),
         val=ImageSet(x_train[val_idx].contiguous(), y_train[val_idx]),
-        test=ImageSet(x_test.contiguous(), y_test),
+        test=ImageSet(x_test[test_idx].contiguous(), y_test[test_idx]),
         num_classes=int(num_classes),
         in_channels=int(x_train.shape[1]),
         mean=tuple(float(m) for m in mean),
@@ -312,6 +322,7 @@ def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: fl
         seed=int(seed),
         val_fraction=float(val_fraction),
         train_fraction=float(train_fraction),
+        test_fraction=float(test_fraction),
     )
 
 

@@ -45,7 +45,8 @@ def stream_seed(seed: int, stream: str) -> int:
     with this derived value: two generators seeded with the same number produce the same
     draws, so a Rand mask scored with the seed of the initial weights would keep the largest
     weights, not a random set, and an ERK mask would be just as correlated with them.
-    Streams: ``init``, ``split``, ``scoring``, ``Rand``, ``ERK``, ``shuffle``, ``dropout``.
+    Streams: ``init``, ``split``, ``test``, ``scoring``, ``Rand``, ``ERK``, ``shuffle``,
+    ``dropout``.
     """
     digest = hashlib.sha256(f"{int(seed)}/{stream}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1  # torch seeds are < 2**63
@@ -98,14 +99,16 @@ class TrainSettings:
     gamma: float = 0.1
     train_fraction: float = 1.0  # fraction of the (non-validation) training set used
     val_fraction: float = 0.1  # share of the training set held out for validation
+    test_fraction: float = 1.0  # share of the test set evaluated (a seeded subsample below 1)
     bf16: bool = False  # bf16 autocast on GPU; changes numerics, so it is part of the hash
 
     def __post_init__(self):
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if not 0 < self.train_fraction <= 1:
-            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        for name in ("train_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 

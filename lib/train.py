@@ -154,13 +154,14 @@ def evaluate(model: torch.nn.Module, image_set: data_lib.ImageSet, *, batch_size
 
 
 def _check_splits(splits: data_lib.Splits, settings: TrainSettings) -> None:
-    for field in ("val_fraction", "train_fraction"):
+    for field in ("val_fraction", "train_fraction", "test_fraction"):
         have, want = getattr(splits, field), getattr(settings, field)
         if not math.isclose(have, want):
             raise ValueError(
                 f"splits were loaded with {field}={have} but settings say {want}; call "
                 f"load_data(..., val_fraction={settings.val_fraction}, "
-                f"train_fraction={settings.train_fraction})")
+                f"train_fraction={settings.train_fraction}, "
+                f"test_fraction={settings.test_fraction})")
     if len(splits.val) == 0:
         raise ValueError("the validation set is empty: the reported accuracy needs one")
     if len(splits.train) < settings.batch_size:

@@ -60,6 +60,7 @@ class Grid:
     lr: float = 0.1
     train_fraction: float = 1.0
     val_fraction: float = 0.1
+    test_fraction: float = 1.0
     bf16: bool = False
     runs_dir: str = "runs/smoke"
     data_dir: str = "data"
@@ -116,7 +117,7 @@ class Grid:
         return TrainSettings(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
             milestones=self.milestones, train_fraction=self.train_fraction,
-            val_fraction=self.val_fraction, bf16=self.bf16,
+            val_fraction=self.val_fraction, test_fraction=self.test_fraction, bf16=self.bf16,
         )
 
     def masks(self, density: float, width: float) -> list[PruneSettings]:
@@ -146,11 +147,13 @@ def splits_for(dataset: str, seed: int, grid: Grid):
     """The dataset's splits for ``seed``, loaded once per process."""
     from .data import load_data
 
-    key = (dataset, seed, str(grid.data_root), grid.val_fraction, grid.train_fraction)
+    key = (dataset, seed, str(grid.data_root), grid.val_fraction, grid.train_fraction,
+           grid.test_fraction)
     if key not in _SPLITS:
         _SPLITS.clear()  # one dataset at a time: CIFAR splits are hundreds of MB
         _SPLITS[key] = load_data(dataset, root=grid.data_root, val_fraction=grid.val_fraction,
-                                 seed=seed, train_fraction=grid.train_fraction)
+                                 seed=seed, train_fraction=grid.train_fraction,
+                                 test_fraction=grid.test_fraction)
     return _SPLITS[key]
 
 

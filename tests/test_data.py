@@ -168,6 +168,26 @@ def test_val_split_deterministic_and_disjoint(cifar_root):
                      .train.images) == sub
 
 
+def test_test_fraction_is_a_seeded_subsample_of_the_test_set():
+    s = D.load_data("synthetic", synthetic_size=(200, 3, 32, 32), seed=3)
+    q = D.load_data("synthetic", synthetic_size=(200, 3, 32, 32), seed=3, test_fraction=0.2)
+    assert len(s.test) == 50 and len(q.test) == 10 and q.test_fraction == 0.2
+    # every kept test image is one of the full test set's, in the file order, with its label
+    full = {bytes(x.flatten().tolist()): int(y) for x, y in zip(s.test.images, s.test.labels)}
+    keys = [bytes(x.flatten().tolist()) for x in q.test.images]
+    assert all(full[k] == int(y) for k, y in zip(keys, q.test.labels))
+    order = {k: i for i, k in enumerate(full)}
+    assert [order[k] for k in keys] == sorted(order[k] for k in keys)
+    again = D.load_data("synthetic", synthetic_size=(200, 3, 32, 32), seed=3, test_fraction=0.2)
+    other = D.load_data("synthetic", synthetic_size=(200, 3, 32, 32), seed=4, test_fraction=0.2)
+    assert torch.equal(again.test.images, q.test.images)
+    assert not torch.equal(other.test.images, q.test.images)
+    # the training and validation sets do not depend on it
+    assert torch.equal(q.train.images, s.train.images) and torch.equal(q.val.images, s.val.images)
+    with pytest.raises(ValueError, match=r"test_fraction must be in \(0, 1\]"):
+        D.load_data("synthetic", test_fraction=0)
+
+
 def test_synthetic():
     s = D.load_data("synthetic", synthetic_size=(200, 3, 32, 32), synthetic_classes=5)
     assert (len(s.train), len(s.val), len(s.test)) == (180, 20, 50)
