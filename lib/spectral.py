@@ -75,7 +75,7 @@ def gemm_dtype() -> torch.dtype:
     """The faster exact GEMM for 0/1 Gram matrices on this CPU: ``torch.int8`` or ``torch.float32``.
 
     An int8 GEMM (``torch._int_mm``, int32 accumulation) is several times faster than float32
-    where the CPU has int8 dot-product instructions (AVX512-VNNI, AMX), and some fifty times
+    where the CPU has int8 dot-product instructions (AVX512-VNNI, AMX), and many times
     *slower* where it has not (seen on an AMD EPYC without AVX-512): a 4096 x 25088 layer then
     takes minutes instead of seconds. Both are exact, so a small timing picks one per process.
     """
@@ -97,11 +97,10 @@ def gemm_dtype() -> torch.dtype:
 def _symmetric_product(x: torch.Tensor, block: int = GRAM_BLOCK) -> torch.Tensor:
     """``x @ x.T`` computing only the blocks on and above the diagonal (5/8 of a GEMM's work
     for 8 blocks), mirrored. BLAS's ``syrk`` does this too, but scipy's BLAS runs its own thread
-    pool, whose spinning threads then slow every later torch call on a 2-core machine 40-fold."""
+    pool, whose spinning threads then slowed every later torch call many-fold on a 2-core machine."""
     n = x.shape[0]
     out = torch.empty(n, n, dtype=x.dtype)
-    starts = range(0, n, block)
-    for i in starts:
+    for i in range(0, n, block):
         rows = x[i:i + block]
         right = x[i:]  # blocks (i, j >= i) in one GEMM
         prod = rows @ right.T

@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 
-import pandas as pd
 import psutil
 import pytest
 import torch
@@ -147,6 +146,15 @@ def resume_reference(tmp_path_factory):
     return reference
 
 
+def assert_resumed(run_dir, before, reference) -> None:
+    """The run ended with the uninterrupted run's history, and resumed rather than restarted:
+    the epochs finished before the interruption keep their recorded times."""
+    final = read_table(run_dir / "history.csv")
+    expected = read_table(the_training_run(reference) / "history.csv")
+    assert_frame_equal(final.drop(columns="epoch_seconds"), expected.drop(columns="epoch_seconds"), check_exact=True)
+    assert final["epoch_seconds"].iloc[: len(before)].tolist() == before["epoch_seconds"].tolist()
+
+
 def test_killed_job_resumes_when_resubmitted(tmp_path, resume_reference):
     grid = make_grid(tmp_path / "local", **RESUME)
     # The job calls lib.workbook in its own process (no kernels): killing that process is a
@@ -170,12 +178,8 @@ def test_killed_job_resumes_when_resubmitted(tmp_path, resume_reference):
     out = scaleout.run_grid(grid, options, progress=False, figures=False)
 
     assert labels(out.submitted) == [spec.label] and out.complete
-    final = read_table(run_dir / "history.csv")
-    expected = read_table(the_training_run(resume_reference) / "history.csv")
-    assert len(final) == grid.epochs
-    assert_frame_equal(final.drop(columns="epoch_seconds"), expected.drop(columns="epoch_seconds"), check_exact=True)
-    # Resumed, not restarted: the epochs finished before the kill keep their recorded times.
-    assert final["epoch_seconds"].iloc[: len(at_kill)].tolist() == at_kill["epoch_seconds"].tolist()
+    assert len(read_table(run_dir / "history.csv")) == grid.epochs
+    assert_resumed(run_dir, at_kill, resume_reference)
     state = scaleout.read_state(scaleout.job_dir(grid, spec))
     assert (state["state"], state["attempts"]) == ("done", 2)
 
@@ -202,10 +206,7 @@ def test_preempted_job_is_requeued_and_resumes(tmp_path, resume_reference):
     assert "preempted or timed out: requeued" in log and "attempt 2 of" in log
     state = scaleout.read_state(scaleout.job_dir(grid, spec))
     assert (state["state"], state["attempts"]) == ("done", 2)
-    final = read_table(run_dir / "history.csv")
-    expected = read_table(the_training_run(resume_reference) / "history.csv")
-    assert_frame_equal(final.drop(columns="epoch_seconds"), expected.drop(columns="epoch_seconds"), check_exact=True)
-    assert final["epoch_seconds"].iloc[: len(at_signal)].tolist() == at_signal["epoch_seconds"].tolist()
+    assert_resumed(run_dir, at_signal, resume_reference)
 
 
 def test_failed_job_is_recorded_and_only_it_is_resubmitted(tmp_path, capsys):
