@@ -12,7 +12,12 @@ This module owns:
 * The initialisation of ``shared/spec/experiments.md``: conv weight ~ N(0, sqrt(2 / (kh*kw*out))),
   conv bias 0; BatchNorm weight 0.5, bias 0; Linear weight ~ N(0, 0.01), bias 0. One ``seed``
   gives one set of initial weights (bit-identical on CPU), drawn from a private
-  ``torch.Generator``, so building a model never disturbs the global RNG.
+  ``torch.Generator``, so building a model never disturbs the global RNG. A narrowed model
+  (``width < 1``) draws Linear weights with std ``0.01 / sqrt(width)``: every Linear's fan-in
+  shrinks by ``width``, so this keeps each layer's signal gain (fan-in x variance) that of the
+  paper's model (the conv rule, fan-out based, already scales). With a fixed 0.01 the three
+  classifier layers of a width-0.125 VGG-16 shrink the logits ~60 times more than at width 1,
+  and a few hundred SGD steps leave it near chance (README, "The quick profile").
 * :func:`prunable_layers` -- THE definition, for the whole project, of what is pruned: the
   weight of every ``nn.Conv2d`` and ``nn.Linear`` (not biases, not BatchNorm).
 
@@ -130,11 +135,13 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def _initialise(model: nn.Module, generator: torch.Generator | None) -> None:
+def _initialise(model: nn.Module, generator: torch.Generator | None, width: float = 1.0) -> None:
     """Fill every parameter and buffer of ``model`` as experiments.md prescribes.
 
-    Draws happen in ``model.modules()`` order, so a seed fixes every weight.
+    Draws happen in ``model.modules()`` order, so a seed fixes every weight. ``width``: the
+    model's channel multiplier; Linear weights get std ``0.01 / sqrt(width)`` (module docstring).
     """
+    linear_std = 0.01 / math.sqrt(width)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
@@ -150,7 +157,7 @@ def _initialise(model: nn.Module, generator: torch.Generator | None) -> None:
                 module.running_var.fill_(1.0)
                 module.num_batches_tracked.zero_()
             elif isinstance(module, nn.Linear):
-                module.weight.normal_(0.0, 0.01, generator=generator)
+                module.weight.normal_(0.0, linear_std, generator=generator)
                 if module.bias is not None:
                     module.bias.zero_()
             elif any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
@@ -171,7 +178,8 @@ def build_model(
     ``seed`` (int) draws every initial weight from a private generator seeded with it: the same
     seed gives bit-identical weights and the global RNG is untouched. ``seed=None`` draws from
     the global RNG. ``skip=False`` (resnet34 only) removes the residual connections and the
-    downsample branches. ``width`` multiplies every layer's channel count (at least 1 channel).
+    downsample branches. ``width`` multiplies every layer's channel count (at least 1 channel)
+    and scales the Linear init std by ``1 / sqrt(width)``; width 1 is the paper's model.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -191,7 +199,7 @@ def build_model(
     if seed is not None:
         generator = torch.Generator(device="cpu")
         generator.manual_seed(stream_seed(seed, "init"))
-    _initialise(model, generator)
+    _initialise(model, generator, float(width))
     return model
 
 

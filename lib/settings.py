@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 # 2: every random source draws from its own stream of the seed (stream_seed); under 1, Rand's
 #    scores and ERK's draws came from the same generator state as the initial weights.
-SCHEMA_VERSION = 2
+# 3: models narrower than width 1 draw Linear weights with std 0.01 / sqrt(width) (was 0.01).
+SCHEMA_VERSION = 3
 
 ARCHS = ("resnet34", "vgg16")
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")

@@ -54,9 +54,9 @@ def test_run_folder_hash_is_pinned():
     # If this fails, every existing run folder would be re-labelled: bump SCHEMA_VERSION on
     # purpose (and update the pinned values) only when a setting's meaning changes.
     prune = PruneSettings(arch="resnet34", dataset="cifar10", method="SNIP", density=0.05, seed=1)
-    assert SCHEMA_VERSION == 2
-    assert settings_hash(prune) == "8cdd7e7a572c"
-    assert settings_hash(TrainRun(prune=prune, train=TrainSettings())) == "b6fe4836dcd2"
+    assert SCHEMA_VERSION == 3
+    assert settings_hash(prune) == "ec3630072d80"
+    assert settings_hash(TrainRun(prune=prune, train=TrainSettings())) == "439202dc5444"
 
 
 def test_hash_covers_every_field_including_defaults():
