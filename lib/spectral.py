@@ -279,7 +279,9 @@ def layer_metrics(mask: torch.Tensor, solver: str = "auto") -> dict:
     size_left, size_right = b.shape
     out = _nan_metrics()
     out.update(size_left=float(size_left), size_right=float(size_right))
-    deg_left, deg_right = b.sum(1, dtype=torch.int64), b.sum(0, dtype=torch.int64)
+    # int32 accumulation is exact (a degree is below 2**31) and twice as fast as int64 here.
+    deg_left = b.sum(1, dtype=torch.int32).to(torch.int64)
+    deg_right = b.sum(0, dtype=torch.int32).to(torch.int64)
     edges = int(deg_left.sum())
     out["layer_density"] = edges / (size_left * size_right) if b.numel() else math.nan
     out["edges"] = float(edges)

@@ -183,7 +183,7 @@ def _scores(root: Path, s: PruneSettings, model, batches) -> dict:
 def ensure_mask(root: Path, s: PruneSettings, grid: Grid) -> Path:
     """Draw and save the mask of ``s`` unless its folder already holds one; return the folder."""
     from .data import scoring_batches
-    from .pruning import layer_densities, prune, save_masks
+    from .pruning import compute_masks, layer_densities, save_masks
 
     folder = paths.mask_dir(root, s)
     if (folder / MASKS).exists():
@@ -193,14 +193,15 @@ def ensure_mask(root: Path, s: PruneSettings, grid: Grid) -> Path:
     batches = None
     if s.method in ("SNIP", "GraSP", "iterSNIP"):
         batches = scoring_batches(splits, s.scoring_batches, s.scoring_batch_size, s.seed)
+    # The masks are saved, not applied: each consumer (training, metrics) applies or reads them.
     if s.method in DENSITY_FREE:
-        masks = prune(model, s.method, s.density, scores=_scores(root, s, model, batches))
+        masks = compute_masks(model, s.method, s.density, scores=_scores(root, s, model, batches))
     elif s.method in ("SynFlow", "iterSNIP"):
         shape = {"input_shape": (splits.in_channels, 32, 32)} if s.method == "SynFlow" else {}
-        masks = prune(model, s.method, s.density, batches=batches, seed=s.seed, rounds=s.rounds,
-                      progress=False, **shape)
+        masks = compute_masks(model, s.method, s.density, batches=batches, seed=s.seed,
+                              rounds=s.rounds, progress=False, **shape)
     else:  # ERK, Dense
-        masks = prune(model, s.method, s.density, seed=s.seed)
+        masks = compute_masks(model, s.method, s.density, seed=s.seed)
     dens = layer_densities(masks)
     table = pd.DataFrame({"layer": list(dens), "density": list(dens.values())})
     write_table(_keyed(table, _key_dict(s)), folder / LAYER_DENSITIES)

@@ -17,6 +17,7 @@ from torch import nn
 
 from lib.models import build_model, prunable_layers
 from lib.pruning import (
+    compute_masks,
     LayerCollapseWarning,
     apply_masks,
     empty_layers,
@@ -365,6 +366,17 @@ def test_scoring_leaves_the_model_untouched():
     assert model.training and not model.layer1[0].bn1.training and model.layer1[0].bn2.training
     assert not model.fc.weight.requires_grad and model.conv1.weight.requires_grad
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_compute_masks_equals_prune_and_leaves_the_model_unpruned():
+    model = small()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for method in ("Rand", "ERK", "SNIP", "SynFlow"):
+        masks = compute_masks(model, method, 0.2, batches=batches(), seed=3, **FAST.get(method, {}))
+        assert list(model.state_dict()) == list(before)  # no weight_orig / weight_mask added
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        applied = prune(copy.deepcopy(model), method, 0.2, batches=batches(), seed=3, **FAST.get(method, {}))
+        assert all(torch.equal(masks[k], applied[k]) for k in masks), method
 
 
 # ------------------------------------------------------------------------------------ errors

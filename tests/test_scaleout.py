@@ -330,6 +330,12 @@ def test_jobs_and_their_folders(tmp_path):
     assert scaleout.job_dir(moved, specs[0]).name == scaleout.job_dir(grid, specs[0]).name
 
 
+def test_local_order_interleaves_architectures_costliest_first(tmp_path):
+    grid = make_grid(tmp_path, archs=["resnet34", "vgg16"], densities=[0.4, 0.1])
+    order = [(s.arch, s.density) for s in scaleout.local_order(scaleout.jobs(grid))]
+    assert order == [("vgg16", 0.4), ("resnet34", 0.4), ("vgg16", 0.1), ("resnet34", 0.1)]
+
+
 def test_estimate_is_runs_times_epochs_times_images_over_throughput(tmp_path):
     grid = workbook.Grid.from_profile("paper")
     table = scaleout.estimate(grid, {"resnet34": 1000.0, "vgg16": 500.0})
