@@ -30,11 +30,10 @@ import math
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from lib.settings import ARCHS, stream_seed
 
-__all__ = ["build_model", "prunable_layers", "ResNet", "VGG", "PlainBasicBlock"]
+__all__ = ["build_model", "prunable_layers", "ResNet", "VGG", "BasicBlock", "PlainBasicBlock"]
 
 RESNET34_BLOCKS = (3, 4, 6, 3)
 RESNET_PLANES = (64, 128, 256, 512)
@@ -45,6 +44,28 @@ VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
 def _scaled(channels: int, width: float) -> int:
     """``channels * width`` rounded to an integer, at least 1."""
     return max(1, int(round(channels * width)))
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet ``BasicBlock``: same submodule names, shapes and computation
+    (``tests/test_models.py`` checks the outputs against torchvision's ResNet-34). Written here
+    because importing ``torchvision.models`` costs ~2 s, paid by every notebook kernel."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
 
 
 class PlainBasicBlock(BasicBlock):
@@ -172,6 +193,7 @@ def build_model(
     skip: bool = True,
     width: float = 1.0,
     seed: int | None = None,
+    meta: bool = False,
 ) -> nn.Module:
     """Build ``arch`` ('resnet34' or 'vgg16') on the CPU, initialised as in experiments.md.
 
@@ -180,6 +202,8 @@ def build_model(
     the global RNG. ``skip=False`` (resnet34 only) removes the residual connections and the
     downsample branches. ``width`` multiplies every layer's channel count (at least 1 channel)
     and scales the Linear init std by ``1 / sqrt(width)``; width 1 is the paper's model.
+    ``meta=True`` returns the structure on the ``meta`` device: module names and weight shapes,
+    no memory and no random draws (enough for Rand and ERK masks, or to validate masks).
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -194,6 +218,8 @@ def build_model(
             if not skip:
                 raise ValueError("skip=False removes residual connections and applies to resnet34 only; vgg16 has none")
             model = VGG(VGG16_CFG, int(num_classes), int(in_channels), float(width))
+    if meta:
+        return model
     model = model.to_empty(device="cpu")
     generator = None
     if seed is not None:

@@ -157,21 +157,24 @@ def splits_for(dataset: str, seed: int, grid: Grid):
     return _SPLITS[key]
 
 
-def _model(s: PruneSettings, splits):
+def _model(s: PruneSettings, splits, meta: bool = False):
     from .models import build_model
 
     return build_model(s.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                       skip=s.skip, width=s.width, seed=s.seed)
+                       skip=s.skip, width=s.width, seed=s.seed, meta=meta)
 
 
 # ------------------------------------------------------------------------------ masks
+def _scores_path(root: Path, s: PruneSettings) -> Path:
+    return paths.scores_file(root, dataclasses.replace(s, density=1.0))  # density-free
+
+
 def _scores(root: Path, s: PruneSettings, model, batches) -> dict:
     """Density-independent scores, computed once per (model, method, seed) and cached."""
     from .pruning import score
     from .results import save_torch
 
-    key = dataclasses.replace(s, density=1.0)  # the density does not enter these scores
-    path = paths.scores_file(root, key)
+    path = _scores_path(root, s)
     if path.exists():
         return torch.load(path)
     scores = score(model, s.method, batches=batches, seed=s.seed)
@@ -189,7 +192,11 @@ def ensure_mask(root: Path, s: PruneSettings, grid: Grid) -> Path:
     if (folder / MASKS).exists():
         return folder
     splits = splits_for(s.dataset, s.seed, grid)
-    model = _model(s, splits)
+    # Only scoring reads the initial weights. Rand, ERK and cached scores need just the layer
+    # shapes, and initialising a full-size VGG-16 costs over half a second of random draws.
+    weighted = s.method in ("SynFlow", "iterSNIP") or (
+        s.method in ("SNIP", "GraSP") and not _scores_path(root, s).exists())
+    model = _model(s, splits, meta=not weighted)
     batches = None
     if s.method in ("SNIP", "GraSP", "iterSNIP"):
         batches = scoring_batches(splits, s.scoring_batches, s.scoring_batch_size, s.seed)

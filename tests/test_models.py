@@ -81,6 +81,12 @@ def test_width_one_matches_torchvision_names_shapes_and_parameter_count(arch, re
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(model) == count(tv)
     assert count(model) == {"resnet34": 21_289_802, "vgg16": 134_309_962}[arch]
+    if arch == "resnet34":  # our BasicBlock computes what torchvision's does
+        tv = reference(num_classes=10)
+        tv.load_state_dict(ours)
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        model.train(), tv.train()
+        assert torch.equal(model(x), tv(x))
 
 
 def test_resnet_without_skips_has_no_downsample_and_blocks_have_no_residual():
@@ -152,3 +158,11 @@ def test_narrow_models_keep_the_linear_layers_signal_gain():
     assert full.std().item() == pytest.approx(0.01, rel=0.05)
     gain = [w.shape[1] * w.var().item() for w in (full, narrow)]
     assert gain[1] == pytest.approx(gain[0], rel=0.1)
+
+
+def test_meta_model_has_the_names_and_shapes_without_weights():
+    meta = build_model("vgg16", width=0.25, meta=True)
+    real = build_model("vgg16", width=0.25, seed=0)
+    assert {n: m.weight.shape for n, m in prunable_layers(meta).items()} == {
+        n: m.weight.shape for n, m in prunable_layers(real).items()}
+    assert all(p.is_meta for p in meta.parameters())
