@@ -16,8 +16,8 @@ This module owns:
   (``width < 1``) draws Linear weights with std ``0.01 / sqrt(width)``: every Linear's fan-in
   shrinks by ``width``, so this keeps each layer's signal gain (fan-in x variance) that of the
   paper's model (the conv rule, fan-out based, already scales). With a fixed 0.01 the three
-  classifier layers of a width-0.125 VGG-16 shrink the logits ~60 times more than at width 1,
-  and a few hundred SGD steps leave it near chance (README, "The quick profile").
+  classifier layers of a width-0.125 VGG-16 would scale the logits ~23 times (sqrt(8**3))
+  smaller than at width 1, and the quick profile's few hundred SGD steps left it near chance.
 * :func:`prunable_layers` -- THE definition, for the whole project, of what is pruned: the
   weight of every ``nn.Conv2d`` and ``nn.Linear`` (not biases, not BatchNorm).
 
