@@ -195,7 +195,7 @@ def ensure_mask(root: Path, s: PruneSettings, grid: Grid) -> Path:
     # Only scoring reads the initial weights. Rand, ERK and cached scores need just the layer
     # shapes, and initialising a full-size VGG-16 costs over half a second of random draws.
     weighted = s.method in ("SynFlow", "iterSNIP") or (
-        s.method in ("SNIP", "GraSP") and not _scores_path(root, s).exists())
+        s.method in DENSITY_FREE and s.method != "Rand" and not _scores_path(root, s).exists())
     model = _model(s, splits, meta=not weighted)
     batches = None
     if s.method in ("SNIP", "GraSP", "iterSNIP"):

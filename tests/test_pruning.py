@@ -17,9 +17,9 @@ from torch import nn
 
 from lib.models import build_model, prunable_layers
 from lib.pruning import (
-    compute_masks,
     LayerCollapseWarning,
     apply_masks,
+    compute_masks,
     empty_layers,
     erk_densities,
     erk_masks,
