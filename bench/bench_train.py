@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib import data as D  # noqa: E402
 from lib import train as T  # noqa: E402
-from lib.results import write_table  # noqa: E402
+from lib.files import write_table  # noqa: E402
 from lib.settings import TrainSettings  # noqa: E402
 
 

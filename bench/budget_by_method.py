@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lib.data import scoring_batches  # noqa: E402
 from lib.models import build_model  # noqa: E402
 from lib.pruning import LayerCollapseWarning, prune  # noqa: E402
+from lib.settings import Grid  # noqa: E402
 from lib.train import train  # noqa: E402
-from lib.workbook import Grid, splits_for  # noqa: E402
+from lib.workbook import splits_for  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +50,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     grid = Grid.from_profile(args.profile)
     seed = grid.seeds[0]
-    splits = splits_for(grid.dataset, seed, grid)
+    splits = splits_for(grid, seed)
     batches = scoring_batches(splits, grid.scoring_batches, grid.scoring_batch_size, seed)
     rows = []
     cells = [(m, e) for m in args.methods for e in args.epochs]

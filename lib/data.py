@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .results import atomic_write
-from .settings import stream_seed
+from .files import DATA, atomic_write
+from .seeds import stream_seed
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
 
@@ -44,12 +44,6 @@ FASHION_FILES = (
 )
 
 PAD = 4  # pixels of reflect padding before the random crop (experiments.md)
-
-
-def _default_root() -> Path:
-    from .paths import DATA
-
-    return DATA
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -263,7 +257,7 @@ def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: fl
               synthetic_classes: int = 10) -> Splits:
     """Load ``name`` (``cifar10``, ``cifar100``, ``fashion-mnist`` or ``synthetic``) as :class:`Splits`.
 
-    ``root`` defaults to the workbook's ``data/`` folder (:data:`lib.paths.DATA`), so the
+    ``root`` defaults to the workbook's ``data/`` folder (:data:`lib.files.DATA`), so the
     result does not depend on the working directory. Validation split: a permutation of
     the training set drawn from ``seed``; the first ``round(val_fraction * N)`` images are
     the validation set, and ``train_fraction`` of the rest (drawn from the same generator)
@@ -279,7 +273,7 @@ def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: fl
     for label, fraction in (("train_fraction", train_fraction), ("test_fraction", test_fraction)):
         if not 0 < fraction <= 1:
             raise ValueError(f"{label} must be in (0, 1], got {fraction}")
-    root = Path(root) if root is not None else _default_root()
+    root = Path(root) if root is not None else DATA
 
     if name in ("cifar10", "cifar100"):
         x_train, y_train, x_test, y_test, num_classes = _read_cifar(name, root, download)

@@ -1,28 +1,19 @@
 """The two networks of the paper, their initialisation, and what "prunable" means.
 
-This module owns:
-
 * :func:`build_model` -- ResNet-34 (torchvision's ImageNet-style structure: 7x7 stride-2 stem,
-  max-pool, BasicBlocks ``[3, 4, 6, 3]``) and VGG-16 with batch norm (torchvision's
-  ``vgg16_bn``), with the options the workbook needs: ``num_classes``, ``in_channels``,
-  ``skip`` (ResNet-34 without residual connections, the paper's Fig. 2) and ``width`` (a channel
-  multiplier for small machines). Module names are torchvision's (``conv1``,
-  ``layer1.0.downsample.0``, ``features.0``, ``classifier.6``, ...), so masks and tables keyed
-  by module name mean the same thing as in torchvision-based code.
-* The initialisation of ``shared/spec/experiments.md``: conv weight ~ N(0, sqrt(2 / (kh*kw*out))),
-  conv bias 0; BatchNorm weight 0.5, bias 0; Linear weight ~ N(0, 0.01), bias 0. One ``seed``
-  gives one set of initial weights (bit-identical on CPU), drawn from a private
-  ``torch.Generator``, so building a model never disturbs the global RNG. A narrowed model
-  (``width < 1``) draws Linear weights with std ``0.01 / sqrt(width)``: every Linear's fan-in
-  shrinks by ``width``, so this keeps each layer's signal gain (fan-in x variance) that of the
-  paper's model (the conv rule, fan-out based, already scales). With a fixed 0.01 the three
-  classifier layers of a width-0.125 VGG-16 would scale the logits ~23 times (sqrt(8**3))
-  smaller than at width 1, and the quick profile's few hundred SGD steps left it near chance.
-* :func:`prunable_layers` -- THE definition, for the whole project, of what is pruned: the
-  weight of every ``nn.Conv2d`` and ``nn.Linear`` (not biases, not BatchNorm).
-
-Models are first built on the ``meta`` device (no memory, no random draws) and then
-materialised and initialised here, so building VGG-16 costs one pass of random draws only.
+  max-pool, BasicBlocks ``[3, 4, 6, 3]``) and VGG-16 with batch norm (``vgg16_bn``), with
+  ``num_classes``, ``in_channels``, ``skip`` (ResNet-34 without residual connections, Fig. 2)
+  and ``width`` (a channel multiplier for small machines). Module names are torchvision's
+  (``conv1``, ``layer1.0.downsample.0``, ``features.0``, ``classifier.6``), so masks keyed by
+  module name mean the same as in torchvision-based code.
+* The initialisation of ``shared/spec/experiments.md`` (conv ~ N(0, sqrt(2 / (kh*kw*out))),
+  BatchNorm weight 0.5, Linear ~ N(0, 0.01), biases 0), drawn from a private generator seeded
+  by the run's seed, so building a model never disturbs the global RNG. A narrowed model
+  draws Linear weights with std ``0.01 / sqrt(width)``, which keeps each layer's signal gain
+  (fan-in x variance) that of the paper's model; a fixed 0.01 would shrink an eighth-width
+  VGG-16's logits ~23 times (``sqrt(8**3)``).
+* :func:`prunable_layers` -- THE definition of what is pruned: the weight of every
+  ``nn.Conv2d`` and ``nn.Linear`` (not biases, not BatchNorm).
 """
 from __future__ import annotations
 
@@ -31,9 +22,11 @@ import math
 import torch
 from torch import nn
 
-from lib.settings import ARCHS, stream_seed
+from lib.seeds import stream_seed
 
-__all__ = ["build_model", "prunable_layers", "ResNet", "VGG", "BasicBlock", "PlainBasicBlock"]
+__all__ = ["ARCHS", "build_model", "prunable_layers", "ResNet", "VGG", "BasicBlock", "PlainBasicBlock"]
+
+ARCHS = ("resnet34", "vgg16")
 
 RESNET34_BLOCKS = (3, 4, 6, 3)
 RESNET_PLANES = (64, 128, 256, 512)

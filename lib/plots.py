@@ -1,10 +1,11 @@
 """Figures: the notebooks' per-layer plots and the paper's Figures 1-5.
 
-Every function here reads tidy tables (:func:`lib.workbook.collect`, or the tables the
-notebooks build) and returns a matplotlib ``Figure``; nothing reads files or folder names.
-Paper layout (Figures 1-5): density on x (log scale), accuracy as solid lines on the left
-axis, a graph metric as dashed lines on the right axis, one colour per method, bands of one
-standard deviation over seeds.
+Every function reads tidy tables (:func:`lib.workbook.collect`, or the tables the notebooks
+build) and returns a matplotlib ``Figure``; nothing reads files or folder names. Paper layout
+(Figures 1-5): density on x (log scale), accuracy solid on the left axis, a graph metric
+dashed on the right axis, one colour per method (in :data:`lib.pruning.METHODS` order), bands
+of one standard deviation over seeds. :func:`save` writes PNG and SVG files that are
+byte-identical when the figure is, so redrawing unchanged data leaves git clean.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-METHOD_ORDER = ("Rand", "ERK", "SNIP", "GraSP", "SynFlow", "iterSNIP", "Dense")
+from .files import atomic_write
+from .pruning import METHODS
+
 LABELS = {
     "test_acc": "test accuracy",
     "delta_r_norm": "normalised Δr",
@@ -41,7 +44,7 @@ FIGURES[5] = ("Accuracy, IMDB and randomness", *FIGURES[3][1:])  # Fig. 3 on CIF
 
 
 def palette(methods) -> dict:
-    ordered = [m for m in METHOD_ORDER if m in set(methods)] + sorted(set(methods) - set(METHOD_ORDER))
+    ordered = [m for m in METHODS if m in set(methods)] + sorted(set(methods) - set(METHODS))
     return dict(zip(ordered, sns.color_palette("tab10", len(ordered))))
 
 
@@ -107,15 +110,19 @@ def paper_figure(results: pd.DataFrame, number: int, dataset: str) -> plt.Figure
     return fig
 
 
-def save(fig: plt.Figure, folder: str | Path, name: str) -> list[Path]:
-    """Save ``fig`` as ``<folder>/<name>.png`` and ``.svg`` (each written atomically)."""
-    from .results import atomic_write
+# No dates or version strings in the files, and SVG element ids drawn from a fixed salt.
+_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 
+
+def save(fig: plt.Figure, folder: str | Path, name: str) -> list[Path]:
+    """Save ``fig`` as ``<folder>/<name>.png`` and ``.svg`` (atomically, reproducibly)."""
     out = []
-    for ext in ("png", "svg"):
-        path = Path(folder) / f"{name}.{ext}"
-        atomic_write(path, lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight"))
-        out.append(path)
+    with plt.rc_context({"svg.hashsalt": name}):
+        for ext in ("png", "svg"):
+            path = Path(folder) / f"{name}.{ext}"
+            atomic_write(path, lambda tmp, ext=ext: fig.savefig(
+                tmp, format=ext, dpi=130, bbox_inches="tight", metadata=_METADATA[ext]))
+            out.append(path)
     return out
 
 

@@ -1,56 +1,35 @@
-"""Pruning at initialisation: scores, global masks, ERK, and applying/reading/saving masks.
+"""Pruning at initialisation: the methods, their scores, and masks from scores.
 
-Vocabulary, used everywhere in the project:
+This module owns:
 
-* ``density`` is the fraction of weights KEPT (``density=0.01`` is "99% sparsity"). Never
-  "sparsity", never torch's ``amount``.
-* A mask set (``masks``) is a ``dict[str, torch.BoolTensor]`` keyed by module name (as in
-  ``model.named_modules()``), one entry per layer of :func:`lib.models.prunable_layers`, each
-  the shape of that module's weight; ``True`` = kept. Masks returned here live on the CPU.
-* Scores are ``dict[str, Tensor]`` of the same keys and shapes (float32 or float64); larger
-  means "keep first".
+* :data:`METHODS` -- the registry, one :class:`Method` per pruning method: its scorer (or its
+  direct mask rule), whether it needs training batches or real initial weights, whether its
+  scores depend on the density, and the options it accepts. Everything else in the workbook
+  (settings, units, plots) reads it; adding a method is one entry here plus its scorer.
+* :func:`global_mask` -- THE one function that turns scores into a mask: it keeps exactly
+  ``floor(density * N)`` of the ``N`` prunable weights globally; ties at the threshold go to
+  the earlier layer, then the earlier row-major position.
+* Masks on models and on disk: :func:`compute_masks`, :func:`prune`, :func:`apply_masks`,
+  :func:`validate_masks`, :func:`masks_of`, :func:`save_masks`, :func:`load_masks`,
+  :func:`layer_densities`, :func:`overall_density`, :func:`empty_layers`.
 
-What this module owns:
+Vocabulary: ``density`` is the fraction of weights KEPT (``density=0.01`` is "99% sparsity").
+Masks are ``dict[str, torch.BoolTensor]`` keyed by module name (``model.named_modules()``), one
+per layer of :func:`lib.models.prunable_layers`, ``True`` = kept, on the CPU. Scores have the
+same keys and shapes; larger means "keep first".
 
-* :func:`score` -- per-method scores (Rand, SNIP, GraSP, SynFlow, iterSNIP; experiments.md).
-* :func:`global_mask` (alias :func:`masks_from_scores`) -- THE one function that turns scores
-  into a mask: it keeps exactly ``floor(density * N)`` of the ``N`` prunable weights globally;
-  ties at the threshold are broken by model order (layer order, then row-major position).
-* :func:`erk_densities` / :func:`erk_masks` -- the ERK rule (no score).
-* :func:`compute_masks` -- score, threshold, warn on layer collapse; :func:`prune` also applies.
-* :func:`apply_masks`, :func:`validate_masks`, :func:`masks_of`, :func:`save_masks`,
-  :func:`load_masks`, :func:`layer_densities`, :func:`overall_density`, :func:`empty_layers`.
-
-Conventions and choices:
-
-* Scoring never changes the model: it runs in eval mode on tensors handed to
-  ``torch.func.functional_call`` (copies, or detached views, of the model's own), so the
-  model's weights, ``.grad``, ``requires_grad`` and train/eval mode are as before on return.
-* Pruning always starts from the dense initial weights. A model already pruned with
-  ``torch.nn.utils.prune`` is scored on its dense weights (``weight_orig``), and
-  :func:`apply_masks` *replaces* an existing mask (the old reparametrisation is lifted
-  losslessly first) rather than combining with it. So ``prune(model, "SNIP", ...)`` after
-  ``prune(model, "Rand", ...)`` gives the same mask as on the fresh model.
-* SNIP (and GraSP's ``g``) accumulate the gradient over all scoring batches, then take the
-  absolute value, as the reference implementation does (``|sum_b g_b * w|``), each batch's loss
-  being the mean cross-entropy.
-* Iterative methods (SynFlow, iterSNIP) never revive a removed weight. Their scores are the
-  last round's, with weights removed in earlier rounds at ``-inf``; they are valid only at the
-  density they were computed for (``global_mask(scores, density)`` then reproduces the mask).
-* Scores and masks are computed in float32 (float64 for SynFlow), deterministic by seed on
-  the CPU.
-* Known behaviour, not a bug: on full-size ResNet-34 with 32x32 inputs (layer4 runs at 1x1),
-  SynFlow at density 0.01 removes the whole residual branch of ``layer4.0`` (``conv1`` and
-  ``conv2``), as a plain re-implementation of SynFlow does too; the downsample shortcut keeps
-  the network connected. :func:`prune` reports it with a :class:`LayerCollapseWarning`.
-  On VGG-16 at 0.01 SynFlow leaves every layer non-empty, with finite float64 scores.
+Scoring never changes the model: it runs in eval mode on copies of the dense initial weights
+(a model pruned with ``torch.nn.utils.prune`` is scored on ``weight_orig``), and
+:func:`apply_masks` replaces an existing mask rather than compounding it.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import pickle
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,11 +37,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from lib.files import save_torch
 from lib.models import prunable_layers
-from lib.settings import METHODS, check_density, stream_seed
+from lib.progress import bar
+from lib.seeds import stream_seed
 
 __all__ = [
+    "METHODS",
+    "Method",
     "LayerCollapseWarning",
+    "check_density",
+    "method_of",
     "kept_count",
     "score",
     "global_mask",
@@ -82,16 +67,6 @@ __all__ = [
     "empty_layers",
 ]
 
-DATA_METHODS = ("SNIP", "GraSP", "iterSNIP")  # need training batches
-ITERATIVE_METHODS = ("SynFlow", "iterSNIP")  # density-dependent scores
-_OPTIONS = {
-    "Dense": set(),
-    "Rand": set(),
-    "SNIP": set(),
-    "GraSP": {"temperature"},
-    "SynFlow": {"rounds", "progress", "input_shape"},
-    "iterSNIP": {"rounds", "progress"},
-}
 _SAMPLE = 100_000  # values sampled to bracket the global threshold on large models (sorting 1M cost more than the band saved)
 _CHUNK = 1 << 22
 
@@ -100,21 +75,23 @@ class LayerCollapseWarning(UserWarning):
     """A mask keeps no weight at all in some layer (the network is disconnected)."""
 
 
+def check_density(density: float) -> float:
+    """Return ``density`` as a float, or raise if it is not a fraction of weights kept."""
+    try:
+        value = float(density)
+    except (TypeError, ValueError):
+        raise ValueError(f"density must be a number in (0, 1], got {density!r}") from None
+    if not (0.0 < value <= 1.0) or math.isnan(value):
+        raise ValueError(
+            f"density must be in (0, 1] (the fraction of weights kept), got {density!r}; "
+            "for 99% sparsity pass density=0.01"
+        )
+    return value
+
+
 def kept_count(n: int, density: float) -> int:
     """Number of weights a global mask of ``density`` keeps out of ``n``: ``floor(density * n)``."""
     return math.floor(density * n)
-
-
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
-
-
-def _check_options(method: str, options: dict) -> None:
-    unknown = sorted(set(options) - _OPTIONS.get(method, set()))
-    if unknown:
-        accepted = ", ".join(sorted(_OPTIONS.get(method, set()))) or "none"
-        raise TypeError(f"unexpected option(s) {', '.join(unknown)} for {method}; accepted: {accepted}")
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -337,19 +314,11 @@ def _score_grasp(model, batches, dtype, device, temperature=200.0):
     return scores  # the reference keeps the LARGEST (Hg)*w
 
 
-def _rounds(options) -> int:
-    rounds = int(options.get("rounds", 100))
+def _rounds(rounds) -> int:
+    rounds = int(rounds)
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     return rounds
-
-
-def _progress(iterable, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False)
 
 
 class _FlatScores:
@@ -396,7 +365,7 @@ def _score_synflow(model, density, batches, device, rounds=100, progress=True, i
     weights = [tensors[f"{n}.weight"].requires_grad_() for n in names]  # private copies (abs)
     buf = _FlatScores(names, [w.shape for w in weights], dtype, device)
     x = torch.ones((1, *input_shape), dtype=dtype, device=device)
-    for r in _progress(range(1, rounds + 1), progress, "SynFlow rounds"):
+    for r in bar(range(1, rounds + 1), enabled=progress, desc="SynFlow rounds", leave=False):
         R = torch.func.functional_call(model, tensors, (x,)).sum()
         grads = torch.autograd.grad(R, weights)
         for g, w, v in zip(grads, weights, buf.views):
@@ -414,7 +383,7 @@ def _score_itersnip(model, density, batches, dtype, device, rounds=100, progress
     names = list(prunable_layers(model))
     weights = {n: tensors[f"{n}.weight"].clone().requires_grad_() for n in names}  # private copies
     buf = _FlatScores(names, [w.shape for w in weights.values()], dtype, device)
-    for r in _progress(range(1, rounds + 1), progress, "iterSNIP rounds"):
+    for r in bar(range(1, rounds + 1), enabled=progress, desc="iterSNIP rounds", leave=False):
         grads = _gradient(model, tensors, weights, batches, dtype, device, "iterSNIP")
         for n, v in zip(names, buf.views):
             torch.mul(grads[n], weights[n].detach(), out=v).abs_()
@@ -429,39 +398,32 @@ def _score_itersnip(model, density, batches, dtype, device, rounds=100, progress
 def score(model: nn.Module, method: str, batches=None, seed: int = 0, density: float | None = None, **options) -> dict[str, torch.Tensor]:
     """Per-weight scores of ``method`` for every prunable layer (keyed by module name; CPU).
 
-    ``batches``: an iterable of ``(x, y)`` training batches (SNIP, GraSP, iterSNIP; SynFlow uses
-    only the shape of ``x``). ``seed``: Rand's generator. ``density``: required by the iterative
-    methods (SynFlow, iterSNIP), whose scores depend on it. Options: ``temperature`` (GraSP,
-    200), ``rounds`` (SynFlow/iterSNIP, 100), ``progress`` (SynFlow/iterSNIP, True: a tqdm bar),
-    ``input_shape`` (SynFlow: shape of one input without the batch dimension; default from the
-    batches, else (in_channels, 32, 32)). Dense scores are all ones. ERK has no score.
+    ``batches``: an iterable of ``(x, y)`` training batches (methods with ``needs_data``;
+    SynFlow uses only the shape of ``x``). ``seed``: Rand's generator. ``density``: required by
+    the iterative methods (SynFlow, iterSNIP), whose scores depend on it. ``options``: those the
+    method accepts (:data:`METHODS`), e.g. ``temperature`` (GraSP, 200), ``rounds``
+    (SynFlow/iterSNIP, 100), ``progress`` (SynFlow/iterSNIP: a tqdm bar), ``input_shape``
+    (SynFlow: one input without the batch dimension; default from the batches, else
+    (in_channels, 32, 32)). Dense scores are all ones; ERK has no score.
     The model is left exactly as it was (weights, mode, requires_grad, masks).
     """
-    _check_method(method)
-    if method == "ERK":
-        raise ValueError("ERK has no per-weight score: use prune(model, 'ERK', density, seed=...) or erk_masks(model, density, seed)")
-    _check_options(method, options)
-    if method in ITERATIVE_METHODS:
+    m = method_of(method)
+    if m.scorer is None:
+        raise ValueError(f"{m.name} has no per-weight score: use prune(model, {m.name!r}, density, seed=...) "
+                         f"or compute_masks(model, {m.name!r}, density, seed=...)")
+    m.check_options(options)
+    if not m.density_free:
         if density is None:
-            raise ValueError(f"{method} is iterative and its scores depend on the density: pass density=...")
+            raise ValueError(f"{m.name} is iterative and its scores depend on the density: pass density=...")
         density = check_density(density)
-    if method in DATA_METHODS or batches is not None:
-        batches = _batches(batches, method)
-    device = _device(model)
+    if m.needs_data or batches is not None:
+        batches = _batches(batches, m.name)
+    call = dict(batches=batches, seed=seed, density=density, **options)
+    if not m.needs_weights:  # shapes suffice: the model may live on the meta device
+        return m.scorer(model, **call)
     dtype = torch.float64 if any(p.dtype == torch.float64 for p in model.parameters()) else torch.float32
-    if method == "Dense":
-        return {n: torch.ones(m.weight.shape) for n, m in prunable_layers(model).items()}
-    if method == "Rand":
-        return _score_rand(model, seed)
     with _scoring_view(model):
-        if method == "SNIP":
-            scores = _score_snip(model, batches, dtype, device)
-        elif method == "GraSP":
-            scores = _score_grasp(model, batches, dtype, device, float(options.get("temperature", 200.0)))
-        elif method == "SynFlow":
-            scores = _score_synflow(model, density, batches, device, _rounds(options), bool(options.get("progress", True)), options.get("input_shape"))
-        else:  # iterSNIP
-            scores = _score_itersnip(model, density, batches, dtype, device, _rounds(options), bool(options.get("progress", True)))
+        scores = m.scorer(model, dtype=dtype, device=_device(model), **call)
     return {n: s.detach().cpu() for n, s in scores.items()}
 
 
@@ -512,6 +474,80 @@ def erk_masks(model_or_shapes, density: float, seed: int = 0) -> dict[str, torch
 
 
 # --------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Method:
+    """A pruning method and what the workbook must give it.
+
+    Exactly one of ``scorer`` (per-weight scores, kept globally by :func:`global_mask`) and
+    ``draw`` (a direct mask rule) is used by :func:`compute_masks`; ``draw`` wins where both
+    exist (Dense scores are all ones, but its mask is only defined at density 1).
+
+    ``scorer(model, *, batches, seed, density, dtype, device, **options)`` returns scores on
+    ``model``'s device; ``dtype``/``device`` are passed only when ``needs_weights``.
+    ``draw(model, density, seed)`` returns CPU bool masks.
+    ``needs_data``: scored on training batches. ``needs_weights``: reads the initial weights
+    (otherwise layer shapes suffice, and a model on the ``meta`` device will do).
+    ``density_free``: scores do not depend on the density (computed once per seed and reused).
+    ``cache_scores``: worth writing to disk (Rand's are cheaper to redraw than to read).
+    ``options``: keyword options :func:`score` accepts for it.
+    """
+
+    name: str
+    scorer: Callable | None = None
+    draw: Callable | None = None
+    needs_data: bool = False
+    needs_weights: bool = False
+    density_free: bool = True
+    cache_scores: bool = False
+    options: frozenset[str] = frozenset()
+
+    def check_options(self, options: Mapping) -> None:
+        unknown = sorted(set(options) - self.options)
+        if unknown:
+            accepted = ", ".join(sorted(self.options)) or "none"
+            raise TypeError(f"unexpected option(s) {', '.join(unknown)} for {self.name}; accepted: {accepted}")
+
+
+def _draw_dense(model, density, seed):
+    if density != 1.0:
+        raise ValueError(f"Dense keeps every weight: pass density=1.0, got {density!r}")
+    return {n: torch.ones(m.weight.shape, dtype=torch.bool) for n, m in prunable_layers(model).items()}
+
+
+_ITERATIVE = frozenset({"rounds", "progress"})
+
+#: Every pruning method by name, in the order figures and tables list them.
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("Rand", scorer=lambda model, *, seed, **_: _score_rand(model, seed)),
+    Method("ERK", draw=lambda model, density, seed: erk_masks(model, density, seed)),
+    Method("SNIP", needs_data=True, needs_weights=True, cache_scores=True,
+           scorer=lambda model, *, batches, dtype, device, **_: _score_snip(model, batches, dtype, device)),
+    Method("GraSP", needs_data=True, needs_weights=True, cache_scores=True, options=frozenset({"temperature"}),
+           scorer=lambda model, *, batches, dtype, device, temperature=200.0, **_:
+           _score_grasp(model, batches, dtype, device, float(temperature))),
+    Method("SynFlow", needs_weights=True, density_free=False, options=_ITERATIVE | {"input_shape"},
+           scorer=lambda model, *, density, batches, device, rounds=100, progress=True, input_shape=None, **_:
+           _score_synflow(model, density, batches, device, _rounds(rounds), bool(progress), input_shape)),
+    Method("iterSNIP", needs_data=True, needs_weights=True, density_free=False, options=_ITERATIVE,
+           scorer=lambda model, *, density, batches, dtype, device, rounds=100, progress=True, **_:
+           _score_itersnip(model, density, batches, dtype, device, _rounds(rounds), bool(progress))),
+    Method("Dense", scorer=lambda model, **_: {n: torch.ones(m.weight.shape) for n, m in prunable_layers(model).items()},
+           draw=_draw_dense),
+)}
+
+
+def method_of(name: str) -> Method:
+    """The registered :class:`Method` called ``name``, or a one-line error listing the names."""
+    if name not in METHODS:
+        raise ValueError(f"unknown pruning method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+# --------------------------------------------------------------------------------------------
 # Masks on models
 # --------------------------------------------------------------------------------------------
 
@@ -532,27 +568,23 @@ def _warn_collapse(masks, method: str) -> None:
 def compute_masks(model: nn.Module, method: str, density: float, batches=None, seed: int = 0, scores=None, **options) -> dict[str, torch.Tensor]:
     """The masks (CPU bool) that :func:`prune` would apply, leaving ``model`` untouched.
 
-    Dense keeps everything (density must be 1). ERK draws Bernoulli masks with ``seed``. The
-    other methods keep the top ``floor(density * N)`` scores of :func:`score` (or of ``scores``
-    when given: density-independent scores computed once, e.g. SNIP at several densities).
+    Methods with a mask rule draw it (ERK: Bernoulli masks with ``seed``; Dense: everything,
+    density 1). The others keep the top ``floor(density * N)`` scores of :func:`score` (or of
+    ``scores`` when given: density-free scores computed once, e.g. SNIP at several densities).
     A layer left with no weight triggers a :class:`LayerCollapseWarning`. Use this where only
     the masks are wanted (saving them, measuring their graphs): applying masks to a full-size
     VGG-16 costs a second or more of copies.
     """
     density = check_density(density)
-    _check_method(method)
-    if method == "Dense":
-        if density != 1.0:
-            raise ValueError(f"Dense keeps every weight: pass density=1.0, got {density!r}")
-        masks = {n: torch.ones(m.weight.shape, dtype=torch.bool) for n, m in prunable_layers(model).items()}
-    elif method == "ERK":
-        _check_options(method, options)
-        masks = erk_masks(model, density, seed)
+    m = method_of(method)
+    if m.draw is not None:
+        m.check_options(options)
+        masks = m.draw(model, density, seed)
     else:
         if scores is None:
             scores = score(model, method, batches=batches, seed=seed, density=density, **options)
         else:
-            _check_options(method, options)
+            m.check_options(options)
         masks = global_mask(scores, density)
         validate_masks(model, masks)  # scores handed in may be another model's
     _warn_collapse(masks, method)
@@ -657,14 +689,21 @@ def _as_bool_masks(masks, where: str) -> dict[str, torch.Tensor]:
 
 def save_masks(path: Path | str, masks: Mapping[str, torch.Tensor]) -> Path:
     """Save masks as a ``.pt`` file of CPU bool tensors, atomically."""
-    from lib.results import save_torch
-
     return save_torch(_as_bool_masks(masks, "masks"), path)
 
 
 def load_masks(path: Path | str, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Load masks saved by :func:`save_masks`; with ``model``, check they fit it (validate_masks)."""
-    masks = _as_bool_masks(torch.load(path, map_location="cpu", weights_only=True), str(path))
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, TypeError) as err:
+        # torch.load reports a file that is not a torch file in many ways (``KeyError: 101``
+        # for a text file); say what the file should have been instead.
+        raise ValueError(f"{path} is not a mask file ({type(err).__name__} while reading it): pass a file "
+                         "written by lib.pruning.save_masks (torch.save of {layer name: bool tensor})") from None
+    masks = _as_bool_masks(content, str(path))
     if model is not None:
         validate_masks(model, masks)
     return masks

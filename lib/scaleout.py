@@ -1,30 +1,18 @@
-"""Scale-out: a profile's grid as independent jobs on submitit (local processes or SLURM).
+"""Every way of running a grid: in this process, as local processes, or as a SLURM array.
 
-This module owns *how the grid leaves this process*: which jobs a grid has, where each job
-keeps its executed notebooks, log and state (:func:`job_dir`, the one function that builds
-those paths; unit folders stay in :mod:`lib.paths`), how jobs are handed to submitit, and
-what ``status`` reports. It adds no computation: a job runs notebooks 01-03 of
-:mod:`lib.workbook` on a narrowed :class:`~lib.workbook.Grid`, and everything it produces
-lands in the same unit folders as an in-process run, so resume and skip-if-done come from
-:mod:`lib.workbook` and :mod:`lib.train`.
+This module owns *how a grid is run*: the papermill runner (:func:`execute`, the notebooks'
+parameters cells :func:`parameters_cell`), the in-process runner (:func:`run_inprocess`),
+and scale-out through submitit: a grid's **jobs** (one per architecture, dataset, density
+and seed: notebooks 01 -> 03 on the grid narrowed to it; ResNet-34 without skips rides with
+the ResNet-34 job), their state files, ``status``, and ``estimate``. It computes nothing
+itself: jobs leave the same units in the same run folder as an in-process run, so resume
+and skip-if-done come from :mod:`lib.workbook` and :mod:`lib.store`.
 
-A **job** is one (architecture, dataset, density, seed): notebooks 01 → 03 with papermill on
-``dataclasses.replace(grid, archs=(arch,), seeds=(seed,), densities=(density,))``; ResNet-34
-without skips rides with the ResNet-34 job through the grid's ``no_skip`` flag. Its folder,
-``<runs_dir>/jobs/<arch>-<dataset>-d<density>-s<seed>-<hash>/``, holds ``01_pruning.ipynb``
-… ``03_spectral.ipynb``, ``job.log``, ``state.json`` (pending / running / requeued / done /
-failed, error one-liner, attempts, timestamps; written atomically) and ``submission.json``
-(executor, job id, submitit's log paths). Whether a job is *done* is read from its units'
-files (``masks.pt``, ``result.json``, ``layers.csv``), never from ``state.json``.
-
-Executors (:class:`Options`): ``inprocess`` is :func:`lib.workbook.run`; ``local`` is
-``submitit.LocalExecutor`` (one process per job, ``parallel`` at a time, CPU threads split
-between them, one GPU per job when there are GPUs); ``slurm`` is ``submitit.SlurmExecutor``
-(one job array, ``parallel`` tasks at a time). Jobs are ``submitit.helpers.Checkpointable``:
-a preempted or timed-out job is requeued and, since units skip what is done and training
-resumes from its last epoch's checkpoint, it continues where it stopped. A job that raises
-records the error and the rest of the grid goes on; submitting the grid again runs only the
-jobs that are missing, failed or whose process is gone. Notebook 04 runs once, in the
+A job's folder (:func:`lib.store.job_dir`) holds its executed notebooks, ``job.log``,
+``state.json`` (pending / running / requeued / done / failed, error one-liner, attempts,
+timestamps) and ``submission.json``. Whether a job is *done* is read from its units' files,
+never from ``state.json``. Jobs are ``submitit.helpers.Checkpointable``: a preempted or
+timed-out job is requeued and continues where it stopped. Notebook 04 runs once, in the
 submitting process, when every job is done.
 """
 from __future__ import annotations
@@ -45,9 +33,10 @@ from typing import Iterator, Mapping, Sequence
 import pandas as pd
 import submitit
 
-from . import paths, workbook
-from .results import read_json, read_table, write_json
-from .settings import settings_hash
+from . import store, workbook
+from .files import NOTEBOOKS, REPO, read_json, read_table, write_json
+from .progress import bar
+from .settings import Grid, grid_fields
 
 EXECUTORS = ("inprocess", "local", "slurm")
 # submitit's LocalExecutor stops a job after 2 minutes unless told otherwise; a unit of the
@@ -60,13 +49,130 @@ SLURM_CPUS = 8
 MAX_REQUEUES = 5  # time-limit requeues per job (preemptions do not count; submitit's rule)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
-STATE, SUBMISSION, LOG = "state.json", "submission.json", "job.log"
 ALIVE = ("pending", "running", "requeued")  # states of a job that is (or may be) in a queue
 RERUN = ("missing", "failed", "interrupted")  # what a resubmission runs again
 STATES = ("done", *ALIVE, *RERUN)
 # Training-set sizes before the validation split, for :func:`estimate` without reading data
 # (the synthetic size is lib.data.load_data's default).
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "fashion-mnist": 60_000, "synthetic": 512}
+
+
+# ------------------------------------------------------------------------------ notebooks
+FINAL = "04_figures"
+NOTEBOOK_ORDER = (*workbook.STAGES, FINAL)
+# Parameters a notebook has beside the grid's, with their literal defaults and help.
+_DENSITY = ("density", "float", 0.1, "fraction of weights kept; one density per papermill run")
+_PROGRESS = ("progress", "bool", True, "show progress bars (the runner turns them off under papermill)")
+
+
+def notebook_parameters_spec(notebook: str) -> list[tuple[str, str, object, str]]:
+    """(name, type, default, help) of every parameter ``notebook`` declares, in cell order.
+
+    Notebooks 01-03 take one ``density`` instead of the grid's ``densities`` and write no
+    figures; 04 takes the whole grid. Defaults and help come from :class:`lib.settings.Grid`.
+    """
+    if notebook not in NOTEBOOK_ORDER:
+        raise ValueError(f"unknown notebook {notebook!r}; choose one of {', '.join(NOTEBOOK_ORDER)}")
+    out = []
+    for name, f in grid_fields().items():
+        if notebook != FINAL and name in ("densities", "figures_dir"):
+            if name == "densities":
+                out.append(_DENSITY)
+            continue
+        kind = "list" if f.type.startswith("tuple") else f.type
+        out.append((name, kind, f.default, f.metadata["help"]))
+    if notebook != FINAL:
+        out.append(_PROGRESS)
+    return out
+
+
+def parameters_cell(notebook: str) -> str:
+    """The source of ``notebook``'s ``parameters`` cell: typed literals with a help comment."""
+    lines = []
+    for name, kind, default, help_text in notebook_parameters_spec(notebook):
+        value = list(default) if isinstance(default, tuple) else default
+        lines.append(f"{name}: {kind} = {value!r}  # {help_text}")
+    return "\n".join(lines)
+
+
+def stale_parameter_cells(write: bool = False) -> list[str]:
+    """The notebooks whose ``parameters`` cell differs from :func:`parameters_cell`;
+    with ``write``, those cells are rewritten (the rest of each notebook is left as it is)."""
+    import nbformat
+
+    stale = []
+    for notebook in NOTEBOOK_ORDER:
+        path = NOTEBOOKS / f"{notebook}.ipynb"
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        if cell.source != parameters_cell(notebook):
+            stale.append(notebook)
+            if write:
+                cell.source = parameters_cell(notebook)
+                nbformat.write(nb, path)
+    return stale
+
+
+class NotebookError(RuntimeError):
+    """A notebook raised: ``ename: evalue`` of its error, and the executed notebook to read."""
+
+    def __init__(self, ename: str, evalue: str, notebook: Path):
+        self.ename, self.evalue, self.notebook = ename, evalue, notebook
+        self.message = " ".join(f"{ename}: {evalue}".split())
+        super().__init__(f"{self.message} (details: {notebook})")
+
+
+def notebook_parameters(notebook: str, values: dict) -> dict:
+    """The subset of ``values`` that ``notebook`` declares (tuples as lists, for papermill)."""
+    declared = {name for name, *_ in notebook_parameters_spec(notebook)}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k in declared}
+
+
+def execute(notebook: str, grid: Grid, output: Path, **extra) -> Path:
+    """Run one notebook with papermill, with the grid's parameters (and ``extra``)."""
+    import papermill
+
+    params = notebook_parameters(notebook, {**grid.values(), "progress": False, **extra})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(str(NOTEBOOKS / f"{notebook}.ipynb"), str(output), parameters=params,
+                                   cwd=str(REPO), progress_bar=False)
+    except papermill.PapermillExecutionError as err:  # the kernel's traceback is in ``output``
+        raise NotebookError(err.ename, err.evalue, output) from None
+    return output
+
+
+def final_notebook(grid: Grid) -> Path:
+    return grid.root / "notebooks" / f"{FINAL}.ipynb"
+
+
+def run_inprocess(grid: Grid, progress: bool = True) -> Path:
+    """The whole profile from this process: 01-03 for every density with papermill, then 04."""
+    _prefetch_data(grid)  # a missing dataset fails here, with the library's own message
+    out_dir = grid.root / "notebooks"
+    todo = [(nb, d) for d in grid.densities for nb in workbook.STAGES]
+    for nb, density in bar(todo, enabled=progress, desc=grid.profile):
+        execute(nb, grid, out_dir / f"d{density:g}" / f"{nb}.ipynb", density=density)
+    return execute(FINAL, grid, final_notebook(grid))
+
+
+@contextlib.contextmanager
+def environment(threads: int | None = None, cuda_devices: str | None = None) -> Iterator[None]:
+    """Set the thread variables (and ``CUDA_VISIBLE_DEVICES``) for the kernels started inside
+    the block; the variables are restored afterwards."""
+    wanted = {var: str(threads) for var in THREAD_VARS} if threads else {}
+    if cuda_devices is not None:
+        wanted["CUDA_VISIBLE_DEVICES"] = cuda_devices
+    before = {var: os.environ.get(var) for var in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for var, value in before.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 # ------------------------------------------------------------------------------ jobs
@@ -84,51 +190,37 @@ class JobSpec:
         return f"{self.arch}-{self.dataset}-d{self.density:g}-s{self.seed}"
 
 
-def jobs(grid: workbook.Grid) -> list[JobSpec]:
+def jobs(grid: Grid) -> list[JobSpec]:
     """Every job of ``grid``, architecture-major (the order of the SLURM array)."""
     return [JobSpec(arch, grid.dataset, density, seed)
             for arch in grid.archs for density in grid.densities for seed in grid.seeds]
 
 
-def job_grid(grid: workbook.Grid, spec: JobSpec) -> workbook.Grid:
+def job_grid(grid: Grid, spec: JobSpec) -> Grid:
     """The grid of one job: ``grid`` narrowed to its architecture, density and seed."""
     if spec.dataset != grid.dataset:
         raise ValueError(f"job {spec.label} is for {spec.dataset!r} but the grid is {grid.dataset!r}")
     return dataclasses.replace(grid, archs=(spec.arch,), seeds=(spec.seed,), densities=(spec.density,))
 
 
-def job_dir(grid: workbook.Grid, spec: JobSpec) -> Path:
+def job_dir(grid: Grid, spec: JobSpec) -> Path:
     """The folder of one job: executed notebooks, ``job.log``, ``state.json``.
 
     The name ends with the hash of the job's grid without its folder names, so a job of other
     settings (say, more epochs) in the same ``runs_dir`` never reads this job's state.
     """
     g = dataclasses.replace(job_grid(grid, spec), profile="", runs_dir="", data_dir="", figures_dir="")
-    return grid.root / "jobs" / f"{spec.label}-{settings_hash(g)}"
+    return store.job_dir(grid.root, spec.label, g)
 
 
-def submitit_dir(grid: workbook.Grid) -> Path:
-    """submitit's own folder (pickled jobs, its stdout/stderr per job id)."""
-    return grid.root / "jobs" / "submitit"
+def submitit_dir(grid: Grid) -> Path:
+    return store.submitit_dir(grid.root)
 
 
-def _stage_done(grid: workbook.Grid, density: float, stage: str) -> bool:
-    """Whether every unit that notebook ``stage`` makes for ``density`` exists already."""
-    root = grid.root
-    if stage == "01_pruning":
-        masks = grid.metric_masks(density) + grid.masks(density, grid.train_width)
-        return all((paths.mask_dir(root, s) / workbook.MASKS).exists() for s in masks)
-    if stage == "02_training":
-        return all((paths.train_dir(root, r) / "result.json").exists() for r in grid.train_runs(density))
-    if stage == "03_spectral":
-        return all((paths.mask_dir(root, s) / workbook.LAYER_METRICS).exists() for s in grid.metric_masks(density))
-    raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(workbook.STAGES)}")
-
-
-def is_done(grid: workbook.Grid, spec: JobSpec) -> bool:
+def is_done(grid: Grid, spec: JobSpec) -> bool:
     """Whether every unit of the job is finished (from the units' files)."""
     g = job_grid(grid, spec)
-    return all(_stage_done(g, spec.density, stage) for stage in workbook.STAGES)
+    return all(workbook.stage_done(g, spec.density, stage) for stage in workbook.STAGES)
 
 
 # ------------------------------------------------------------------------------ state
@@ -137,7 +229,7 @@ def _now() -> str:
 
 
 def read_state(folder: Path) -> dict | None:
-    path = folder / STATE
+    path = folder / store.JOB_STATE
     return read_json(path) if path.exists() else None
 
 
@@ -146,8 +238,8 @@ def _write_state(folder: Path, spec: JobSpec, state: str, **fields) -> dict:
     old = read_state(folder) or {}
     keep = {k: old[k] for k in ("attempts", "started", "submitted", "executor") if k in old}
     record = {**keep, "job": dataclasses.asdict(spec), "state": state, "error": None,
-              "log": str(folder / LOG), "updated": _now(), **fields}
-    write_json(folder / STATE, record)
+              "log": str(folder / store.JOB_LOG), "updated": _now(), **fields}
+    write_json(folder / store.JOB_STATE, record)
     return record
 
 
@@ -197,16 +289,16 @@ def _alive(submission: dict | None) -> bool:
     return False
 
 
-def job_status(grid: workbook.Grid, spec: JobSpec) -> dict:
+def job_status(grid: Grid, spec: JobSpec) -> dict:
     """One row of :func:`status`: the job's keys, state, attempts, error and log path."""
     folder = job_dir(grid, spec)
     state = read_state(folder) or {}
     row = {**dataclasses.asdict(spec), "state": "missing", "attempts": state.get("attempts", 0),
-           "error": state.get("error") or "", "log": str(folder / LOG)}
+           "error": state.get("error") or "", "log": str(folder / store.JOB_LOG)}
     if is_done(grid, spec):
         row.update(state="done", error="")
     elif state.get("state") in ALIVE:
-        sub_path = folder / SUBMISSION
+        sub_path = folder / store.JOB_SUBMISSION
         submission = read_json(sub_path) if sub_path.exists() else None
         if _alive(submission):
             row["state"] = state["state"]
@@ -218,7 +310,7 @@ def job_status(grid: workbook.Grid, spec: JobSpec) -> dict:
     return row
 
 
-def status(grid: workbook.Grid) -> pd.DataFrame:
+def status(grid: Grid) -> pd.DataFrame:
     """One row per job: arch, dataset, density, seed, state, attempts, error, log.
 
     ``done`` comes from the units' files; ``pending``, ``running``, ``requeued`` and
@@ -244,7 +336,7 @@ def _job_logger(folder: Path) -> logging.Logger:
     if not logger.handlers:
         folder.mkdir(parents=True, exist_ok=True)
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-        for handler in (logging.FileHandler(folder / LOG), logging.StreamHandler(sys.stderr)):
+        for handler in (logging.FileHandler(folder / store.JOB_LOG), logging.StreamHandler(sys.stderr)):
             handler.setFormatter(fmt)
             logger.addHandler(handler)
     return logger
@@ -291,7 +383,7 @@ class UnitJob(submitit.helpers.Checkpointable):
     each papermill kernel costs (tests), and without executed notebooks.
     """
 
-    def __init__(self, grid: workbook.Grid, spec: JobSpec, threads: int | None = None,
+    def __init__(self, grid: Grid, spec: JobSpec, threads: int | None = None,
                  cuda_devices: str | None = None, notebooks: bool = True):
         self.grid, self.spec = grid, spec
         self.threads, self.cuda_devices, self.notebooks = threads, cuda_devices, notebooks
@@ -300,11 +392,7 @@ class UnitJob(submitit.helpers.Checkpointable):
     def folder(self) -> Path:
         return job_dir(self.grid, self.spec)
 
-    def _environment(self) -> dict:
-        if self.threads:
-            os.environ.update({var: str(self.threads) for var in THREAD_VARS})
-        if self.cuda_devices is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_devices
+    def _info(self) -> dict:
         info = {"host": socket.gethostname(), "pid": os.getpid(), "threads": self.threads,
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         with contextlib.suppress(RuntimeError, KeyError):  # outside a submitit job (called directly)
@@ -319,26 +407,29 @@ class UnitJob(submitit.helpers.Checkpointable):
                 import torch
 
                 torch.set_num_threads(self.threads)  # torch may be imported already here
-            for name, fn in (("01_pruning", workbook.prune_density), ("02_training", workbook.train_density),
-                             ("03_spectral", workbook.metrics_density)):
+            for name in workbook.STAGES:
                 start = time.perf_counter()
-                fn(g, density, progress=False)
+                workbook.STAGE_FUNCTIONS[name](g, density, progress=False)
                 log.info("%s done in %.1f s (in the job's process)", name, time.perf_counter() - start)
             return
         for name in workbook.STAGES:
             output = self.folder / f"{name}.ipynb"
-            if output.exists() and _stage_done(g, density, name):
+            if output.exists() and workbook.stage_done(g, density, name):
                 log.info("%s: units done and notebook executed already, skipped", name)
                 continue
             start = time.perf_counter()
-            workbook.execute(name, g, output, density=density)
+            execute(name, g, output, density=density)
             log.info("%s done in %.1f s: %s", name, time.perf_counter() - start, output)
 
     def __call__(self) -> str:
+        with environment(self.threads, self.cuda_devices):
+            return self._attempt()
+
+    def _attempt(self) -> str:
         folder, spec = self.folder, self.spec
         log = _job_logger(folder)
         attempts = (read_state(folder) or {}).get("attempts", 0) + 1
-        info = self._environment()
+        info = self._info()
         _write_state(folder, spec, "running", attempts=attempts, started=_now(), **info)
         log.info("attempt %d of %s on %s (pid %d, threads %s, CUDA_VISIBLE_DEVICES=%s)", attempts,
                  spec.label, info["host"], info["pid"], self.threads, info["cuda_visible_devices"])
@@ -432,7 +523,7 @@ class Options:
         return self.poll_s or (60.0 if self.executor == "slurm" else 1.0)
 
 
-def slurm_parameters(grid: workbook.Grid, options: Options) -> dict:
+def slurm_parameters(grid: Grid, options: Options) -> dict:
     """The parameters given to ``submitit.SlurmExecutor.update_parameters`` (sbatch names)."""
     params = {
         "job_name": f"pai-{grid.profile}",
@@ -454,7 +545,7 @@ def slurm_parameters(grid: workbook.Grid, options: Options) -> dict:
     return params
 
 
-def make_executor(grid: workbook.Grid, options: Options) -> submitit.Executor:
+def make_executor(grid: Grid, options: Options) -> submitit.Executor:
     """The submitit executor of ``options`` (``local`` or ``slurm``), time limit set."""
     folder = submitit_dir(grid)
     if options.executor == "local":
@@ -466,7 +557,7 @@ def make_executor(grid: workbook.Grid, options: Options) -> submitit.Executor:
         ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=options.max_requeues)
         ex.update_parameters(**slurm_parameters(grid, options))
         return ex
-    raise ValueError(f"executor {options.executor!r} runs in this process: call lib.workbook.run")
+    raise ValueError(f"executor {options.executor!r} runs in this process: call run_inprocess")
 
 
 @dataclass
@@ -477,7 +568,7 @@ class Submitted:
     job: submitit.Job
 
 
-def submit(grid: workbook.Grid, specs: Sequence[JobSpec], options: Options,
+def submit(grid: Grid, specs: Sequence[JobSpec], options: Options,
            executor: submitit.Executor | None = None, cuda_devices: str | None = None) -> list[Submitted]:
     """Submit ``specs`` now (SLURM: as one array), recording each as pending first."""
     executor = executor or make_executor(grid, options)
@@ -491,7 +582,7 @@ def submit(grid: workbook.Grid, specs: Sequence[JobSpec], options: Options,
     out = []
     for spec, job in zip(specs, handles):
         # A file of its own: the job may already be writing state.json.
-        write_json(job_dir(grid, spec) / SUBMISSION, {
+        write_json(job_dir(grid, spec) / store.JOB_SUBMISSION, {
             "executor": options.executor, "job_id": str(job.job_id), "host": socket.gethostname(),
             "submitit_folder": str(submitit_dir(grid)), "stdout": str(job.paths.stdout),
             "stderr": str(job.paths.stderr), "submitted": _now()})
@@ -499,7 +590,7 @@ def submit(grid: workbook.Grid, specs: Sequence[JobSpec], options: Options,
     return out
 
 
-def _settle(grid: workbook.Grid, sub: Submitted) -> str:
+def _settle(grid: Grid, sub: Submitted) -> str:
     """After a job's process ended: its final state, recording a failure if it died before
     recording anything itself (killed, out of memory)."""
     folder = job_dir(grid, sub.spec)
@@ -526,14 +617,6 @@ def _local_gpus(options: Options) -> tuple[str, ...]:
     return tuple(str(i) for i in range(torch.cuda.device_count()))
 
 
-def _bar(total: int, progress: bool, desc: str):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="job")
-
-
 # Relative cost of one job per architecture (quick profile: a VGG-16 job took about twice a
 # ResNet-34 one, job.log), to start the long jobs first.
 _JOB_COST = {"vgg16": 2.0, "resnet34": 1.0}
@@ -548,21 +631,21 @@ def local_order(todo: Sequence[JobSpec]) -> list[JobSpec]:
     return sorted(todo, key=lambda s: (rank[s.density], s.seed, -_JOB_COST.get(s.arch, 1.0), s.arch))
 
 
-def _run_local(grid: workbook.Grid, todo: list[JobSpec], options: Options, progress: bool) -> list[Submitted]:
+def _run_local(grid: Grid, todo: list[JobSpec], options: Options, progress: bool) -> list[Submitted]:
     """Keep ``options.jobs_at_a_time`` local jobs running until ``todo`` is done, in
     :func:`local_order`; job k of the slots running at once gets GPU ``k mod len(gpus)``."""
     executor = make_executor(grid, options)
     gpus = _local_gpus(options)
     queue, running, finished = local_order(todo), {}, []
-    bar = _bar(len(todo), progress, f"{grid.profile} (local, {options.jobs_at_a_time} at a time)")
+    shown = bar(enabled=progress, total=len(todo), desc=f"{grid.profile} (local, {options.jobs_at_a_time} at a time)",
+                unit="job")
     try:
         while queue or running:
             for slot, sub in list(running.items()):
                 if sub.job.done():
                     _settle(grid, sub)
                     finished.append(running.pop(slot))
-                    if bar is not None:
-                        bar.update(1)
+                    shown.update(1)
             for slot in range(options.jobs_at_a_time):
                 if slot not in running and queue:
                     cuda = gpus[slot % len(gpus)] if gpus else None
@@ -575,52 +658,31 @@ def _run_local(grid: workbook.Grid, todo: list[JobSpec], options: Options, progr
             sub.job.cancel(check=False)
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        shown.close()
     return finished
 
 
-def _wait(grid: workbook.Grid, submitted: list[Submitted], options: Options, progress: bool) -> None:
+def _wait(grid: Grid, submitted: list[Submitted], options: Options, progress: bool) -> None:
     pending = list(submitted)
-    bar = _bar(len(pending), progress, f"{grid.profile} ({options.executor})")
+    shown = bar(enabled=progress, total=len(pending), desc=f"{grid.profile} ({options.executor})", unit="job")
     try:
         while pending:
             for sub in [s for s in pending if s.job.done()]:
                 _settle(grid, sub)
                 pending.remove(sub)
-                if bar is not None:
-                    bar.update(1)
+                shown.update(1)
             if pending:
                 time.sleep(options.poll_seconds)
     finally:
-        if bar is not None:
-            bar.close()
+        shown.close()
 
 
-def _prefetch_data(grid: workbook.Grid) -> None:
+def _prefetch_data(grid: Grid) -> None:
     """Read (download, if needed) the dataset once here: jobs downloading CIFAR in parallel
     would write over each other's archive."""
     from .data import load_data
 
     load_data(grid.dataset, root=grid.data_root)  # the files are the same for any split
-
-
-@contextlib.contextmanager
-def _thread_env(threads: int | None) -> Iterator[None]:
-    """Set the thread variables for the kernels started inside the block, then restore."""
-    if not threads:
-        yield
-        return
-    before = {var: os.environ.get(var) for var in THREAD_VARS}
-    os.environ.update({var: str(threads) for var in THREAD_VARS})
-    try:
-        yield
-    finally:
-        for var, value in before.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
 
 
 @dataclass
@@ -638,32 +700,28 @@ class GridRun:
         return bool((self.status["state"] == "done").all())
 
 
-def final_notebook(grid: workbook.Grid) -> Path:
-    return grid.root / "notebooks" / f"{workbook.FINAL}.ipynb"
-
-
-def _figures_stale(grid: workbook.Grid) -> bool:
+def _figures_stale(grid: Grid) -> bool:
     """Whether 04 has not run since the last job finished."""
     out = final_notebook(grid)
     if not out.exists():
         return True
-    states = [job_dir(grid, s) / STATE for s in jobs(grid)]
+    states = [job_dir(grid, s) / store.JOB_STATE for s in jobs(grid)]
     newest = max((p.stat().st_mtime for p in states if p.exists()), default=0.0)
     return newest > out.stat().st_mtime
 
 
-def run_grid(grid: workbook.Grid, options: Options, progress: bool = True, wait: bool = True,
+def run_grid(grid: Grid, options: Options, progress: bool = True, wait: bool = True,
              figures: bool = True) -> GridRun:
     """Run the grid's missing, failed and interrupted jobs on ``options.executor``, then 04.
 
     Jobs that are done are skipped; jobs still pending or running (in an earlier submission)
     are left alone. With ``wait`` (always, for ``local``), returns when the submitted jobs
     have ended; then, if every job is done and ``figures``, notebook 04 runs here (once: not
-    again if no job finished since). ``inprocess`` is :func:`lib.workbook.run`.
+    again if no job finished since). ``inprocess`` is :func:`run_inprocess`.
     """
     if options.executor == "inprocess":
-        with _thread_env(options.threads):
-            final = workbook.run(grid, progress=progress)
+        with environment(options.threads):
+            final = run_inprocess(grid, progress=progress)
         table = status(grid)
         return GridRun(submitted=[], alive=[], status=table, figures=final)
 
@@ -683,12 +741,12 @@ def run_grid(grid: workbook.Grid, options: Options, progress: bool = True, wait:
     table = status(grid)
     final = None
     if figures and (table["state"] == "done").all() and _figures_stale(grid):
-        final = workbook.execute(workbook.FINAL, grid, final_notebook(grid))
+        final = execute(FINAL, grid, final_notebook(grid))
     return GridRun(submitted=todo, alive=alive, status=table, figures=final)
 
 
 # ------------------------------------------------------------------------------ estimate
-def images_per_epoch(grid: workbook.Grid) -> int:
+def images_per_epoch(grid: Grid) -> int:
     """Training images seen per epoch: the split of :func:`lib.data.load_data`, full batches."""
     if grid.dataset not in TRAIN_IMAGES:
         raise ValueError(f"no training-set size for {grid.dataset!r}; known: {', '.join(TRAIN_IMAGES)}")
@@ -705,7 +763,7 @@ def throughput_from_bench(csv: str | Path) -> dict[str, float]:
     return {row.arch: float(row.workbook_img_s) for row in table.itertuples()}
 
 
-def estimate(grid: workbook.Grid, throughput: Mapping[str, float]) -> pd.DataFrame:
+def estimate(grid: Grid, throughput: Mapping[str, float]) -> pd.DataFrame:
     """Training hours per job: runs × epochs × images per epoch / images per second.
 
     ``throughput``: images/s of the masked training step per architecture, as measured by

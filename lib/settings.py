@@ -1,63 +1,45 @@
-"""Run settings: frozen dataclasses and the hash that names a run's folder.
+"""What a run is: the grid a profile describes and the settings of each unit of work.
 
-This module owns *what a run is*. A run's identity is every field of its settings plus
-``SCHEMA_VERSION``: the hash covers all fields, defaults included, so changing a default
-produces a new folder instead of silently re-labelling old results (OpenLTH hashes only
-non-default fields; we do not). Bump ``SCHEMA_VERSION`` when the meaning of a field changes.
-
-Paths are built from these settings in :mod:`lib.paths`, never here.
+* :class:`Grid` -- one profile's parameters, declared once: type, default (the smoke
+  profile) and help text per field. The notebooks' ``parameters`` cells and ``profiles/*.yaml``
+  are literal copies of it (papermill needs literals); ``tests/test_settings.py`` holds them
+  to it, and ``python -m lib notebooks`` rewrites the cells from it.
+* :class:`PruneSettings` (one mask), :class:`TrainSettings` (the training recipe) and
+  :class:`TrainRun` (a mask trained with a recipe): frozen dataclasses whose every field,
+  defaults included, goes into the hash that names the unit's folder (:func:`settings_hash`,
+  plus :data:`SCHEMA_VERSION`). OpenLTH hashes only non-default fields, so changing a default
+  re-labels old runs silently; this does not. Bump ``SCHEMA_VERSION`` when a field's meaning
+  changes.
+* :data:`KEYS` -- the columns that key every tidy table.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
-# 2: every random source draws from its own stream of the seed (stream_seed); under 1, Rand's
+from .data import DATASETS
+from .files import PROFILES, in_repo
+from .models import ARCHS
+from .pruning import check_density, method_of
+
+# 2: every random source draws from its own stream of the seed (lib.seeds); under 1, Rand's
 #    scores and ERK's draws came from the same generator state as the initial weights.
 # 3: models narrower than width 1 draw Linear weights with std 0.01 / sqrt(width) (was 0.01).
 SCHEMA_VERSION = 3
 
-ARCHS = ("resnet34", "vgg16")
-DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
-METHODS = ("Dense", "Rand", "ERK", "SNIP", "GraSP", "SynFlow", "iterSNIP")
+#: The columns that key every tidy table (one row per layer, mask or run).
+KEYS = ["arch", "skip", "width", "dataset", "method", "density", "seed"]
 
 
-def check_density(density: float) -> float:
-    """Return ``density`` as a float, or raise if it is not a fraction of weights kept."""
-    try:
-        value = float(density)
-    except (TypeError, ValueError):
-        raise ValueError(f"density must be a number in (0, 1], got {density!r}") from None
-    if not (0.0 < value <= 1.0) or math.isnan(value):
-        raise ValueError(
-            f"density must be in (0, 1] (the fraction of weights kept), got {density!r}; "
-            "for 99% sparsity pass density=0.01"
-        )
-    return value
-
-
-def stream_seed(seed: int, stream: str) -> int:
-    """The seed of one random source (``stream``) of a run whose setting is ``seed``.
-
-    A run has one ``seed`` setting, but each random source draws from its own generator seeded
-    with this derived value: two generators seeded with the same number produce the same
-    draws, so a Rand mask scored with the seed of the initial weights would keep the largest
-    weights, not a random set, and an ERK mask would be just as correlated with them.
-    Streams: ``init``, ``split``, ``test``, ``scoring``, ``Rand``, ``ERK``, ``shuffle``,
-    ``dropout``.
-    """
-    digest = hashlib.sha256(f"{int(seed)}/{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1  # torch seeds are < 2**63
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
+# ------------------------------------------------------------------------------ units
 @dataclass(frozen=True)
 class PruneSettings:
     """Everything that decides one mask: the model it is drawn on and the pruning method."""
@@ -76,15 +58,18 @@ class PruneSettings:
     def __post_init__(self):
         _check_choice("architecture", self.arch, ARCHS)
         _check_choice("dataset", self.dataset, DATASETS)
-        _check_choice("pruning method", self.method, METHODS)
+        method_of(self.method)
         object.__setattr__(self, "density", check_density(self.density))
         if self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width!r}")
 
+    def key(self) -> dict:
+        """The :data:`KEYS` columns of this mask."""
+        return {k: getattr(self, k) for k in KEYS}
 
-def paper_milestones(epochs: int) -> tuple[int, ...]:
-    """The paper's lr decay epochs (160 and 180 of 250), scaled to ``epochs``."""
-    return tuple(max(1, round(epochs * m / 250)) for m in (160, 180))
+
+#: The fields of PruneSettings that say which mask it is; the others are method options.
+MASK_KEYS = ("arch", "dataset", "method", "density", "seed", "skip", "width")
 
 
 @dataclass(frozen=True)
@@ -114,12 +99,21 @@ class TrainSettings:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
+#: Fields of the recipe that no profile changes (the paper's values).
+RECIPE_CONSTANTS = ("momentum", "weight_decay", "gamma")
+
+
 @dataclass(frozen=True)
 class TrainRun:
     """One training unit: a mask (its prune settings) trained with one recipe."""
 
     prune: PruneSettings
     train: TrainSettings = field(default_factory=TrainSettings)
+
+
+def paper_milestones(epochs: int) -> tuple[int, ...]:
+    """The paper's lr decay epochs (160 and 180 of 250), scaled to ``epochs``."""
+    return tuple(max(1, round(epochs * m / 250)) for m in (160, 180))
 
 
 def settings_dict(settings) -> dict:
@@ -136,3 +130,128 @@ def settings_hash(settings) -> str:
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------ the grid
+def param(default, help: str):
+    """A grid parameter: its default (the smoke profile's value) and its one-line help."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One profile: which masks to draw, train and measure (defaults: the smoke profile).
+
+    Field names are the notebooks' parameter names. ``densities`` is the list that ``04`` and
+    the runners use; notebooks 01-03 take one ``density`` per papermill run. Fields that share a
+    name with a field of :class:`PruneSettings` or :class:`TrainSettings` are passed to it.
+    """
+
+    profile: str = param("smoke", "name of the parameter set (profiles/<name>.yaml)")
+    archs: tuple[str, ...] = param(("resnet34", "vgg16"), "architectures: resnet34, vgg16")
+    no_skip: bool = param(True, "also ResNet-34 without skip connections (Fig. 2)")
+    dataset: str = param("fashion-mnist", "cifar10, cifar100, fashion-mnist (offline default) or synthetic")
+    methods: tuple[str, ...] = param(("Rand", "ERK", "SNIP", "GraSP", "SynFlow"),
+                                     "pruning methods: names in lib.pruning.METHODS")
+    densities: tuple[float, ...] = param((0.1, 0.4), "densities of the grid (the x axis of the figures)")
+    seeds: tuple[int, ...] = param((1,), "seeds: model init, masks, data split and training order")
+    metric_width: float = param(0.125, "width of the models whose masks are measured (1.0: as in the paper)")
+    train_width: float = param(0.0625, "width of the models that are trained (1.0: as in the paper)")
+    scoring_batches: int = param(1, "training batches seen by SNIP and GraSP")
+    scoring_batch_size: int = param(32, "images per scoring batch")
+    rounds: int = param(5, "SynFlow pruning rounds (paper: 100)")
+    epochs: int = param(1, "training epochs (paper: 250)")
+    milestones: tuple[int, ...] = param((1, 1), "epochs at which the learning rate drops 10x (paper: 160, 180)")
+    batch_size: int = param(128, "training batch size (paper: 256)")
+    lr: float = param(0.1, "initial learning rate (paper: 0.1)")
+    train_fraction: float = param(0.02, "fraction of the training set used (1.0: all of it)")
+    val_fraction: float = param(0.1, "share of the training set held out for validation")
+    test_fraction: float = param(0.1, "share of the test set evaluated each epoch (1.0: all of it)")
+    bf16: bool = param(False, "bf16 autocast when training on a GPU (changes numerics)")
+    runs_dir: str = param("runs/smoke", "where units (masks, training runs, metrics) are kept")
+    data_dir: str = param("data", "where datasets are found or downloaded")
+    figures_dir: str = param("runs/smoke/figures", "where 04 writes figures and the claims table")
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):  # YAML and papermill hand over lists
+            if f.type.startswith("tuple"):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        for arch in self.archs:
+            _check_choice("architecture", arch, ARCHS)
+        for method in self.methods:
+            method_of(method)
+        _check_choice("dataset", self.dataset, DATASETS)
+        object.__setattr__(self, "densities", tuple(check_density(d) for d in self.densities))
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_profile(cls, name: str, **overrides) -> "Grid":
+        """The grid of ``profiles/<name>.yaml``, with ``overrides`` applied."""
+        import yaml
+
+        path = PROFILES / f"{name}.yaml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
+            raise ValueError(f"unknown profile {name!r}; choose one of {known} (files in {PROFILES})")
+        values = {**(yaml.safe_load(path.read_text()) or {}), **overrides}
+        unknown = sorted(set(values) - set(grid_fields()))
+        if unknown:
+            raise ValueError(f"unknown grid parameter(s) {', '.join(unknown)}; the parameters are "
+                             f"{', '.join(grid_fields())} (lib.settings.Grid)")
+        return cls(**values)
+
+    @classmethod
+    def from_parameters(cls, params: dict) -> "Grid":
+        """A grid from a notebook's parameters (other names, such as ``density``, ignored)."""
+        return cls(**{k: v for k, v in params.items() if k in grid_fields()})
+
+    def values(self) -> dict:
+        """Every field by name (tuples as they are)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    # -- where -----------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        """``runs_dir`` as a path (relative paths are relative to the repository)."""
+        return in_repo(self.runs_dir)
+
+    @property
+    def data_root(self) -> Path:
+        return in_repo(self.data_dir)
+
+    # -- units -----------------------------------------------------------------------------
+    def variants(self) -> list[tuple[str, bool]]:
+        """(architecture, skip) pairs: every arch with skips, plus ResNet-34 without."""
+        out = [(arch, True) for arch in self.archs]
+        if self.no_skip and "resnet34" in self.archs:
+            out.append(("resnet34", False))
+        return out
+
+    def train_settings(self) -> TrainSettings:
+        names = [f.name for f in dataclasses.fields(TrainSettings) if f.name not in RECIPE_CONSTANTS]
+        return TrainSettings(**{name: getattr(self, name) for name in names})
+
+    def masks(self, density: float, width: float) -> list[PruneSettings]:
+        density = check_density(density)
+        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(PruneSettings)
+                   if f.name not in MASK_KEYS}
+        return [
+            PruneSettings(arch=arch, dataset=self.dataset, method=method, density=density, seed=seed,
+                          skip=skip, width=width, **options)
+            for arch, skip in self.variants() for method in self.methods for seed in self.seeds
+        ]
+
+    def metric_masks(self, density: float) -> list[PruneSettings]:
+        return self.masks(density, self.metric_width)
+
+    def train_masks(self, density: float) -> list[PruneSettings]:
+        return self.masks(density, self.train_width)
+
+    def train_runs(self, density: float) -> list[TrainRun]:
+        train = self.train_settings()
+        return [TrainRun(prune=s, train=train) for s in self.train_masks(density)]
+
+
+def grid_fields() -> dict[str, dataclasses.Field]:
+    """The grid's parameters by name, in declaration order."""
+    return {f.name: f for f in dataclasses.fields(Grid)}

@@ -32,6 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .progress import bar
+
+# Bump when a metric's definition or computed values change: the workbook's metrics cache
+# file names carry it (lib.store), so a new metric recomputes the metrics and nothing else.
+METRICS_VERSION = 1
+
 METRICS = (
     "n_left", "n_right", "edges", "d_left", "d_right",
     "mu0", "mu_hat", "delta_s", "delta_r", "delta_r_norm",
@@ -343,9 +349,12 @@ def narc_literal(mask: torch.Tensor, left_subset) -> float:
 # --------------------------------------------------------------------------- whole models
 def _masks_from(masks_or_model) -> Mapping[str, torch.Tensor]:
     if isinstance(masks_or_model, torch.nn.Module):
-        from .pruning import masks_of
+        from .models import prunable_layers
 
-        return masks_of(masks_or_model)
+        # torch.nn.utils.prune keeps each mask in a ``weight_mask`` buffer; unpruned layers are dense.
+        return {name: m.weight_mask.detach().cpu() != 0 if hasattr(m, "weight_mask")
+                else torch.ones(m.weight.shape, dtype=torch.bool)
+                for name, m in prunable_layers(masks_or_model).items()}
     if isinstance(masks_or_model, Mapping):
         return masks_or_model
     raise TypeError(
@@ -361,11 +370,7 @@ def model_metrics(masks_or_model, solver: str = "auto", progress: bool = False) 
     ``weight_mask`` buffers are read; unpruned Conv2d/Linear layers count as dense).
     """
     masks = _masks_from(masks_or_model)
-    items = list(masks.items())
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(items, desc="layer metrics", leave=False)
+    items = bar(list(masks.items()), enabled=progress, desc="layer metrics", leave=False)
     rows = [{"layer": name, **layer_metrics(mask, solver)} for name, mask in items]
     return pd.DataFrame(rows, columns=["layer", *METRICS, *EXTRA])
 

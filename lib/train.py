@@ -1,26 +1,22 @@
-"""Training a pruned model with its masks held fixed: resumable, robust, fast.
+"""Training a pruned model with its masks held fixed: resumable, and robust to bad masks.
 
-This module owns *turning a mask into an accuracy*: the training loop (paper, Table 1:
-SGD with momentum, weight decay, MultiStepLR), the per-epoch history, the selection of the
-reported accuracy (test accuracy at the epoch of best validation accuracy), checkpoints
-and resume, and the detection of runs that diverge or whose mask empties a layer.
+This module owns *turning a mask into an accuracy*: the training loop (paper, Table 1: SGD
+with momentum, weight decay, MultiStepLR), the per-epoch history, the reported accuracy (test
+accuracy at the first epoch of best validation accuracy), checkpoints and resume, and the
+detection of runs that diverge or whose mask empties a layer.
 
-Masks are the ``weight_mask`` buffers of :mod:`torch.nn.utils.prune`: a forward pre-hook
-sets ``weight = weight_orig * weight_mask`` before every forward, SGD updates
-``weight_orig``, and the gradient reaching ``weight_orig`` is already multiplied by the
-mask, so pruned weights stay exactly zero in every forward pass without any extra code.
+Masks are the ``weight_mask`` buffers of :mod:`torch.nn.utils.prune`: its forward pre-hook
+sets ``weight = weight_orig * weight_mask``, SGD updates ``weight_orig``, and the gradient
+reaching ``weight_orig`` is already masked, so pruned weights stay exactly zero.
 
-Files in ``run_dir`` (all written atomically through :mod:`lib.results`):
-``checkpoint.pt`` (after every epoch; removed once the run is finished unless
-``keep_checkpoint``), ``history.csv`` (one row per epoch) and ``result.json`` (written
-once, when the run is done or diverged; its presence means "finished, do not retrain").
-
-Public API: :func:`train`, :func:`train_epoch` (the step loop, also timed by
-``bench/bench_train.py``), :func:`train_step`, :func:`evaluate`, :func:`empty_layers`.
+A run's folder holds the files :mod:`lib.store` names: ``checkpoint.pt`` (after every epoch;
+removed when the run finishes unless ``keep_checkpoint``), ``history.csv`` (one row per epoch)
+and ``result.json`` (written once, when the run is done or diverged: "do not retrain").
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -33,37 +29,25 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_lib
-from .results import read_json, save_torch, write_json, write_table
-from .settings import TrainSettings, settings_dict, stream_seed
+from .files import read_json, save_torch, write_json, write_table
+from .models import prunable_layers
+from .progress import bar as progress_bar
+from .pruning import empty_layers, overall_density
+from .seeds import stream_seed
+from .settings import TrainSettings, settings_dict
+from .store import CHECKPOINT, FINISHED, HISTORY, RESULT
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr",
                    "epoch_seconds"]
-CHECKPOINT = "checkpoint.pt"
-HISTORY = "history.csv"
-RESULT = "result.json"
-FINISHED = ("done", "diverged")
 PROGRESS_MININTERVAL = 30.0  # seconds between progress-bar refreshes (papermill logs)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def empty_layers(model: torch.nn.Module) -> list[str]:
-    """Names of the modules whose ``weight_mask`` keeps no weight at all."""
-    return [name for name, m in model.named_modules()
-            if isinstance(getattr(m, "weight_mask", None), torch.Tensor)
-            and not bool(m.weight_mask.any())]
-
-
-def mask_density(model: torch.nn.Module) -> float | None:
-    """Fraction of masked weights kept, over every module that has a ``weight_mask``."""
-    kept = total = 0
-    for m in model.modules():
-        mask = getattr(m, "weight_mask", None)
-        if isinstance(mask, torch.Tensor):
-            kept += int(mask.count_nonzero())
-            total += mask.numel()
-    return kept / total if total else None
+def applied_masks(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The ``weight_mask`` of every pruned layer (unpruned layers are left out)."""
+    return {name: m.weight_mask for name, m in prunable_layers(model).items() if hasattr(m, "weight_mask")}
 
 
 def _autocast(device: torch.device, bf16: bool):
@@ -79,7 +63,7 @@ def _resolve_device(device) -> torch.device:
 
 
 def _data_generator(seed: int) -> torch.Generator:
-    # Shuffling and augmentation draw from their own stream (lib.settings.stream_seed).
+    # Shuffling and augmentation draw from their own stream (lib.seeds).
     return torch.Generator().manual_seed(stream_seed(seed, "shuffle"))
 
 
@@ -195,6 +179,146 @@ def _data_on(splits: data_lib.Splits, device: torch.device) -> data_lib.Splits:
     return splits
 
 
+@dataclasses.dataclass
+class _Loop:
+    """What one training run holds while it runs."""
+
+    model: torch.nn.Module
+    data: data_lib.Splits
+    settings: TrainSettings
+    device: torch.device
+    autocast: object
+    memory_format: torch.memory_format
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    identity: dict
+    history: list
+    sync_every: float = math.inf  # seconds between reads of the running loss (for the bar)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def epoch(self, epoch: int, progress) -> str | None:
+        """Train and evaluate one epoch, append its history row; ``"diverged"`` or ``None``."""
+        start = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        done_steps = 0
+
+        def on_sync(steps, loss, acc):
+            nonlocal done_steps
+            progress.update(steps - done_steps)
+            progress.set_postfix(epoch=epoch, loss=f"{loss:.3f}", acc=f"{acc:.3f}", refresh=False)
+            done_steps = steps
+            return math.isfinite(loss)
+
+        data = self.data
+        batch_iter = data_lib.batches(data.train, self.settings.batch_size, train=True,
+                                      generator=self.generator, device=self.device, mean=data.mean,
+                                      std=data.std, augment=True, memory_format=self.memory_format)
+        stats = train_epoch(self.model, self.optimizer, batch_iter, autocast=self.autocast,
+                            on_sync=on_sync, sync_every=self.sync_every)
+        progress.update(stats["steps"] - done_steps)
+        status = None
+        if not stats["finite"]:
+            status = "diverged"
+            val_acc = test_acc = float("nan")
+        else:
+            kw = dict(batch_size=self.settings.batch_size * 2, device=self.device, mean=data.mean,
+                      std=data.std, autocast=self.autocast, memory_format=self.memory_format)
+            val_acc = evaluate(self.model, data.val, **kw)
+            test_acc = evaluate(self.model, data.test, **kw)
+        self.scheduler.step()
+        self.history.append({"epoch": epoch, "train_loss": stats["loss"], "train_acc": stats["acc"],
+                             "val_acc": val_acc, "test_acc": test_acc, "lr": lr,
+                             "epoch_seconds": time.perf_counter() - start})
+        progress.set_postfix(epoch=epoch, loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}",
+                             val=f"{val_acc:.3f}", refresh=False)
+        return status
+
+    def state(self) -> dict:
+        """Everything a resumed run needs to continue exactly where this one is."""
+        return {
+            "identity": self.identity,
+            "epoch": len(self.history),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None,
+            "history": self.history,
+        }
+
+    def resume(self, ckpt_path: Path) -> None:
+        """Continue from a checkpoint of this very run, or start seeding dropout afresh."""
+        if not ckpt_path.exists():
+            torch.manual_seed(stream_seed(self.identity["seed"], "dropout"))
+            return
+        # On the CPU: RNG states must be CPU tensors; load_state_dict copies the weights and
+        # the optimiser state onto the parameters' device.
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt["identity"] != self.identity:
+            raise ValueError(f"{ckpt_path} belongs to another run: {ckpt['identity']} != {self.identity}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if self.cuda and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
+        self.history = ckpt["history"]
+
+
+def _start(model, splits, settings, seed, device, num_threads) -> _Loop:
+    """Place the model and data, build the optimiser, scheduler and data generator."""
+    device = _resolve_device(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    elif num_threads:
+        # Otherwise torch's default stands: all cores, or OMP_NUM_THREADS where a runner that
+        # trains several units side by side has split the cores between them (two processes
+        # with all cores each run many times slower than one, from OpenMP oversubscription).
+        torch.set_num_threads(num_threads)
+    if settings.bf16 and not cuda:
+        warnings.warn("settings.bf16 is ignored on CPU: training runs in float32")
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones),
+                                                     gamma=settings.gamma)
+    identity = {"settings": settings_dict(settings), "seed": int(seed), "dataset": splits.name,
+                "split_seed": splits.seed}
+    return _Loop(model=model, data=_data_on(splits, device), settings=settings, device=device,
+                 autocast=_autocast(device, settings.bf16), memory_format=memory_format,
+                 optimizer=optimizer, scheduler=scheduler, generator=_data_generator(seed),
+                 identity=identity, history=[])
+
+
+def _result(loop: _Loop, splits, status, diverged_epoch, empties, density) -> dict:
+    history = loop.history
+    result = {
+        "status": status,
+        **_select(history),
+        "epochs_run": len(history),
+        "diverged_epoch": diverged_epoch,
+        "empty_layers": empties,
+        "mask_density": density,
+        "final_val_acc": history[-1]["val_acc"] if history else None,
+        "final_test_acc": history[-1]["test_acc"] if history else None,
+        "train_seconds": sum(r["epoch_seconds"] for r in history),
+        "num_train": len(splits.train), "num_val": len(splits.val), "num_test": len(splits.test),
+        "device": str(loop.device),
+        "bf16_used": bool(loop.settings.bf16 and loop.cuda),
+        "torch": torch.__version__,
+        **loop.identity,
+    }
+    return {k: _finite_or_none(v) for k, v in result.items()}
+
+
 def train(model: torch.nn.Module, splits: data_lib.Splits, settings: TrainSettings,
           run_dir: str | os.PathLike, *, seed: int = 0, device=None, progress: bool = True,
           num_threads: int | None = None, stop_after: int | None = None,
@@ -213,10 +337,10 @@ def train(model: torch.nn.Module, splits: data_lib.Splits, settings: TrainSettin
 
     The model is moved to ``device`` (default CUDA if available) and trained in place. On
     CPU, ``num_threads`` sets torch's thread count; by default torch's own (every core, or
-    ``OMP_NUM_THREADS``). On CUDA: channels_last,
-    data on the GPU when it fits, cuDNN benchmark, and bf16 autocast if ``settings.bf16``.
-    A non-finite training loss stops the run with status ``diverged``; a layer whose mask
-    keeps nothing is trained anyway and listed in ``empty_layers``.
+    ``OMP_NUM_THREADS``). On CUDA: channels_last, data on the GPU when it fits, cuDNN
+    benchmark, and bf16 autocast if ``settings.bf16``. A non-finite training loss stops the
+    run with status ``diverged``; a layer whose mask keeps nothing is trained anyway and
+    listed in ``empty_layers``.
     """
     run_dir = Path(run_dir)
     result_path = run_dir / RESULT
@@ -227,138 +351,35 @@ def train(model: torch.nn.Module, splits: data_lib.Splits, settings: TrainSettin
     _check_splits(splits, settings)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    device = _resolve_device(device)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-    elif num_threads:
-        # Otherwise torch's default stands: all cores, or OMP_NUM_THREADS where a runner that
-        # trains several units side by side has split the cores between them (two processes
-        # with all cores each run many times slower than one, from OpenMP oversubscription).
-        torch.set_num_threads(num_threads)
-    if settings.bf16 and not cuda:
-        warnings.warn("settings.bf16 is ignored on CPU: training runs in float32")
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format)
-    autocast = _autocast(device, settings.bf16)
-    data = _data_on(splits, device)
-    eval_batch = settings.batch_size * 2
-
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones),
-                                                     gamma=settings.gamma)
-    generator = _data_generator(seed)
-    identity = {"settings": settings_dict(settings), "seed": int(seed), "dataset": splits.name,
-                "split_seed": splits.seed}
-
-    history: list[dict] = []
+    loop = _start(model, splits, settings, seed, device, num_threads)
     ckpt_path = run_dir / CHECKPOINT
-    if ckpt_path.exists():
-        # On the CPU: RNG states must be CPU tensors; load_state_dict copies the weights
-        # and the optimiser state onto the parameters' device.
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt["identity"] != identity:
-            raise ValueError(f"{ckpt_path} belongs to another run: {ckpt['identity']} "
-                             f"!= {identity}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        generator.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if cuda and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-        history = ckpt["history"]
-    else:
-        torch.manual_seed(stream_seed(seed, "dropout"))
-
-    empties = empty_layers(model)
-    steps_per_epoch = len(data.train) // settings.batch_size
+    loop.resume(ckpt_path)
+    masks = applied_masks(model)
+    empties = empty_layers(masks)
+    density = overall_density(masks) if masks else None
+    steps_per_epoch = len(loop.data.train) // settings.batch_size
     last_epoch = settings.epochs if stop_after is None else min(settings.epochs, stop_after)
     status, diverged_epoch = None, None
 
-    bar = None
-    if progress and len(history) < last_epoch:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=settings.epochs * steps_per_epoch, initial=len(history) * steps_per_epoch,
-                   desc=f"train {run_dir.name}"[:60], unit="step", mininterval=PROGRESS_MININTERVAL,
-                   dynamic_ncols=True)
-
+    shown = progress and len(loop.history) < last_epoch
+    loop.sync_every = PROGRESS_MININTERVAL if shown else math.inf
+    bar = progress_bar(enabled=shown, total=settings.epochs * steps_per_epoch,
+                       initial=len(loop.history) * steps_per_epoch, desc=f"train {run_dir.name}"[:60],
+                       unit="step", mininterval=PROGRESS_MININTERVAL, dynamic_ncols=True)
     try:
-        for epoch in range(len(history) + 1, last_epoch + 1):
-            start = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            done_steps = 0
-
-            def on_sync(steps, loss, acc):
-                nonlocal done_steps
-                if bar is not None:
-                    bar.update(steps - done_steps)
-                    bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", acc=f"{acc:.3f}", refresh=False)
-                done_steps = steps
-                return math.isfinite(loss)
-
-            batch_iter = data_lib.batches(data.train, settings.batch_size, train=True,
-                                          generator=generator, device=device, mean=data.mean,
-                                          std=data.std, augment=True, memory_format=memory_format)
-            stats = train_epoch(model, optimizer, batch_iter, autocast=autocast, on_sync=on_sync,
-                                sync_every=PROGRESS_MININTERVAL if bar is not None else math.inf)
-            if bar is not None:
-                bar.update(stats["steps"] - done_steps)
-            if not stats["finite"]:
+        for epoch in range(len(loop.history) + 1, last_epoch + 1):
+            if loop.epoch(epoch, bar) == "diverged":
                 status, diverged_epoch = "diverged", epoch
-                val_acc = test_acc = float("nan")
-            else:
-                kw = dict(batch_size=eval_batch, device=device, mean=data.mean, std=data.std,
-                          autocast=autocast, memory_format=memory_format)
-                val_acc = evaluate(model, data.val, **kw)
-                test_acc = evaluate(model, data.test, **kw)
-            scheduler.step()
-            history.append({"epoch": epoch, "train_loss": stats["loss"], "train_acc": stats["acc"],
-                            "val_acc": val_acc, "test_acc": test_acc, "lr": lr,
-                            "epoch_seconds": time.perf_counter() - start})
-            if bar is not None:
-                bar.set_postfix(epoch=epoch, loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}",
-                                val=f"{val_acc:.3f}", refresh=False)
-            if status == "diverged":
                 break
-            save_torch({
-                "identity": identity,
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
-                "history": history,
-            }, ckpt_path)
-            write_table(pd.DataFrame(history, columns=HISTORY_COLUMNS), run_dir / HISTORY)
+            save_torch(loop.state(), ckpt_path)
+            write_table(pd.DataFrame(loop.history, columns=HISTORY_COLUMNS), run_dir / HISTORY)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
-    write_table(pd.DataFrame(history, columns=HISTORY_COLUMNS), run_dir / HISTORY)
+    write_table(pd.DataFrame(loop.history, columns=HISTORY_COLUMNS), run_dir / HISTORY)
     if status is None:
-        status = "done" if len(history) >= settings.epochs else "stopped"
-    result = {
-        "status": status,
-        **_select(history),
-        "epochs_run": len(history),
-        "diverged_epoch": diverged_epoch,
-        "empty_layers": empties,
-        "mask_density": mask_density(model),
-        "final_val_acc": history[-1]["val_acc"] if history else None,
-        "final_test_acc": history[-1]["test_acc"] if history else None,
-        "train_seconds": sum(r["epoch_seconds"] for r in history),
-        "num_train": len(splits.train), "num_val": len(splits.val), "num_test": len(splits.test),
-        "device": str(device),
-        "bf16_used": bool(settings.bf16 and cuda),
-        "torch": torch.__version__,
-        **identity,
-    }
-    result = {k: _finite_or_none(v) for k, v in result.items()}
+        status = "done" if len(loop.history) >= settings.epochs else "stopped"
+    result = _result(loop, splits, status, diverged_epoch, empties, density)
     if status in FINISHED:
         write_json(result_path, result)
         if not keep_checkpoint and ckpt_path.exists():

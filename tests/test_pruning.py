@@ -17,6 +17,7 @@ from torch import nn
 
 from lib.models import build_model, prunable_layers
 from lib.pruning import (
+    METHODS,
     LayerCollapseWarning,
     apply_masks,
     compute_masks,
@@ -36,7 +37,6 @@ from lib.pruning import (
     score,
     validate_masks,
 )
-from lib.settings import METHODS
 
 # Small models collapse layers at low density; the warning itself is tested explicitly below.
 pytestmark = pytest.mark.filterwarnings("ignore::lib.pruning.LayerCollapseWarning")
@@ -505,3 +505,32 @@ def test_batches_may_be_a_single_pair_or_a_generator():
     a = score(model, "iterSNIP", (b for b in data), density=0.2, rounds=3, progress=False)
     b = score(model, "iterSNIP", data, density=0.2, rounds=3, progress=False)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_load_masks_of_a_file_that_is_not_a_mask_file_says_so(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes about masks\n")
+    with pytest.raises(ValueError, match=r"notes.txt is not a mask file .*lib.pruning.save_masks"):
+        load_masks(notes)
+    torch.save({"fc": torch.rand(3, 3)}, tmp_path / "scores.pt")  # a torch file, but scores
+    with pytest.raises(ValueError, match="holds values other than 0 and 1"):
+        load_masks(tmp_path / "scores.pt")
+    with pytest.raises(FileNotFoundError):
+        load_masks(tmp_path / "absent.pt")
+
+
+def test_the_registry_describes_every_method():
+    from lib.pruning import METHODS, method_of
+
+    assert list(METHODS)[:5] == ["Rand", "ERK", "SNIP", "GraSP", "SynFlow"]
+    for name, m in METHODS.items():
+        assert m.name == name and (m.scorer is not None or m.draw is not None)
+        assert m.needs_weights or not m.needs_data  # scoring on data reads the weights
+    # Methods that only need shapes run on a meta-device model: no weights, same masks.
+    meta = build_model("resnet34", width=0.125, meta=True)
+    for name in [n for n, m in METHODS.items() if not m.needs_weights and n != "Dense"]:
+        on_meta = compute_masks(meta, name, 0.1, seed=3)
+        on_real = compute_masks(small(), name, 0.1, seed=3)
+        assert all(torch.equal(on_meta[k], on_real[k]) for k in on_real), name
+    with pytest.raises(ValueError, match="unknown pruning method 'snip'; choose one of Rand, ERK, SNIP"):
+        method_of("snip")

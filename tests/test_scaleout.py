@@ -18,8 +18,9 @@ import pytest
 import torch
 from pandas.testing import assert_frame_equal
 
-from lib import paths, scaleout, workbook
-from lib.results import read_table
+from lib import cli, scaleout, store, workbook
+from lib.files import read_table
+from lib.settings import Grid
 
 TINY = dict(
     profile="tiny-scale", archs=["resnet34"], no_skip=True, dataset="synthetic", methods=["Rand", "SNIP"],
@@ -30,8 +31,8 @@ TINY = dict(
 RESUME = dict(methods=["Rand"], no_skip=False, densities=[0.1], epochs=4, milestones=[2, 3])
 
 
-def make_grid(root, **overrides) -> workbook.Grid:
-    return workbook.Grid(**{**TINY, **overrides}, runs_dir=str(root), figures_dir=str(root / "figures"))
+def make_grid(root, **overrides) -> Grid:
+    return Grid(**{**TINY, **overrides}, runs_dir=str(root), figures_dir=str(root / "figures"))
 
 
 def labels(specs) -> list[str]:
@@ -48,7 +49,7 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-def run_in_process(grid: workbook.Grid) -> None:
+def run_in_process(grid: Grid) -> None:
     """The reference: the functions notebooks 01-03 call, in this process, on one thread
     (reset before each call, as each job's kernel starts with one)."""
     for density in grid.densities:
@@ -73,12 +74,12 @@ def history_rows(path) -> int:
 
 def the_training_run(grid):
     (run,) = [r for d in grid.densities for r in grid.train_runs(d)]
-    return paths.train_dir(grid.root, run)
+    return store.train_dir(grid.root, run)
 
 
 def grid_args(grid) -> list[str]:
     """``--set`` values that turn the smoke profile into ``grid`` (for the CLI)."""
-    values = workbook.grid_values(grid)
+    values = grid.values()
     return [f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in values.items()]
 
 
@@ -90,17 +91,17 @@ def test_local_executor_gives_the_inprocess_tables(tmp_path, capsys, monkeypatch
     options = scaleout.Options(executor="local", parallel=2, threads=1)
     # 04 runs in this process: record when it is called instead of drawing (test_workbook's
     # smoke test executes it; here it would add 20 s). The jobs' own processes are untouched.
-    finals, execute = [], workbook.execute
+    finals, execute = [], scaleout.execute
 
     def record_final(notebook, g, output, **extra):
-        if notebook != workbook.FINAL:
+        if notebook != scaleout.FINAL:
             return execute(notebook, g, output, **extra)
         finals.append((output, scaleout.counts(scaleout.status(g))["done"]))
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text("{}")
         return output
 
-    monkeypatch.setattr(workbook, "execute", record_final)
+    monkeypatch.setattr(scaleout, "execute", record_final)
 
     out = scaleout.run_grid(grid, options, progress=False)
 
@@ -132,7 +133,7 @@ def test_local_executor_gives_the_inprocess_tables(tmp_path, capsys, monkeypatch
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
     capsys.readouterr()
-    assert workbook.main(["status", "--profile", "smoke", "--set", *grid_args(grid)]) == 0
+    assert cli.main(["status", "--profile", "smoke", "--set", *grid_args(grid)]) == 0
     printed = capsys.readouterr().out
     assert "done 2, pending 0, running 0, requeued 0, missing 0, failed 0, interrupted 0 (of 2 jobs)" in printed
     assert str(scaleout.job_dir(grid, specs[0]) / "job.log") in printed
@@ -213,7 +214,7 @@ def test_failed_job_is_recorded_and_only_it_is_resubmitted(tmp_path, capsys):
     grid = make_grid(tmp_path, methods=["Rand"], no_skip=False)
     options = scaleout.Options(executor="local", parallel=2, threads=1, notebooks=False)
     # A mask folder left half-written by hand: masks.pt without its per-layer table.
-    broken = paths.mask_dir(grid.root, grid.metric_masks(0.4)[0])
+    broken = store.mask_dir(grid.root, grid.metric_masks(0.4)[0])
     broken.mkdir(parents=True)
     (broken / "masks.pt").write_bytes(b"not a mask")
 
@@ -225,7 +226,7 @@ def test_failed_job_is_recorded_and_only_it_is_resubmitted(tmp_path, capsys):
     assert "Traceback" in open(table.loc[0.4, "log"]).read()
     assert out.figures is None and not scaleout.final_notebook(grid).exists()  # 04 waits for all jobs
     capsys.readouterr()
-    assert workbook.main(["status", "--profile", "smoke", "--set", *grid_args(grid)]) == 0
+    assert cli.main(["status", "--profile", "smoke", "--set", *grid_args(grid)]) == 0
     assert "done 1, pending 0, running 0, requeued 0, missing 0, failed 1" in capsys.readouterr().out
 
     for path in broken.iterdir():
@@ -297,12 +298,12 @@ def test_slurm_defaults(tmp_path, fake_slurm):
 
 # ------------------------------------------------------------------------------ small pieces
 def test_cli_rejects_bad_executor_options(capsys):
-    assert workbook.main(["run", "--executor", "mpi"]) == 2
+    assert cli.main(["run", "--executor", "mpi"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: unknown executor 'mpi'; choose one of inprocess, local, slurm (--executor)"
-    assert workbook.main(["run", "--executor", "local", "--parallel", "0"]) == 2
+    assert cli.main(["run", "--executor", "local", "--parallel", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --parallel must be >= 1, got 0"
-    assert workbook.main(["run", "--executor", "slurm", "--sbatch", "account"]) == 2
+    assert cli.main(["run", "--executor", "slurm", "--sbatch", "account"]) == 2
     assert capsys.readouterr().err.strip() == "error: --sbatch takes KEY=VALUE, got 'account'"
 
 
@@ -337,7 +338,7 @@ def test_local_order_interleaves_architectures_costliest_first(tmp_path):
 
 
 def test_estimate_is_runs_times_epochs_times_images_over_throughput(tmp_path):
-    grid = workbook.Grid.from_profile("paper")
+    grid = Grid.from_profile("paper")
     table = scaleout.estimate(grid, {"resnet34": 1000.0, "vgg16": 500.0})
     assert scaleout.images_per_epoch(grid) == 45_000 // 256 * 256  # 10% of 50000 held out
     resnet = table[table["arch"] == "resnet34"].iloc[0]

@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import claims, paths, plots, workbook
-from lib.settings import METHODS
+from lib import claims, cli, plots, store, workbook
+from lib.files import DATA
+from lib.pruning import METHODS
+from lib.settings import Grid
 
 TINY = dict(
     profile="tiny", archs=["resnet34"], no_skip=True, dataset="synthetic", methods=["Rand", "SNIP", "ERK"],
@@ -20,7 +22,7 @@ TINY = dict(
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    grid = workbook.Grid(**TINY, runs_dir=str(root), figures_dir=str(root / "figures"))
+    grid = Grid(**TINY, runs_dir=str(root), figures_dir=str(root / "figures"))
     for density in grid.densities:
         workbook.prune_density(grid, density, progress=False)
         workbook.train_density(grid, density, progress=False)
@@ -30,25 +32,25 @@ def tiny(tmp_path_factory):
 
 def test_grid_validates_its_values():
     with pytest.raises(ValueError, match="unknown pruning method 'Random'"):
-        workbook.Grid(methods=["Random"])
+        Grid(methods=["Random"])
     with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"):
-        workbook.Grid(densities=[0.0])
+        Grid(densities=[0.0])
     with pytest.raises(ValueError, match="unknown architecture"):
-        workbook.Grid(archs=["resnet50"])
+        Grid(archs=["resnet50"])
     with pytest.raises(ValueError, match="unknown profile 'fast'; choose one of .*quick"):
-        workbook.Grid.from_profile("fast")
+        Grid.from_profile("fast")
 
 
 def test_variants_add_resnet_without_skips():
-    assert workbook.Grid(archs=["resnet34", "vgg16"]).variants() == [
+    assert Grid(archs=["resnet34", "vgg16"]).variants() == [
         ("resnet34", True), ("vgg16", True), ("resnet34", False)]
-    assert workbook.Grid(archs=["vgg16"]).variants() == [("vgg16", True)]
+    assert Grid(archs=["vgg16"]).variants() == [("vgg16", True)]
 
 
 def test_units_are_done_once(tiny):
     density = tiny.densities[0]
-    folders = [paths.mask_dir(tiny.root, s) for s in tiny.metric_masks(density)]
-    results = [paths.train_dir(tiny.root, r) / "result.json" for r in tiny.train_runs(density)]
+    folders = [store.mask_dir(tiny.root, s) for s in tiny.metric_masks(density)]
+    results = [store.train_dir(tiny.root, r) / "result.json" for r in tiny.train_runs(density)]
     before = {p: p.stat().st_mtime_ns for p in [f / "masks.pt" for f in folders] + results}
     masks = workbook.prune_density(tiny, density, progress=False)
     runs = workbook.train_density(tiny, density, progress=False)
@@ -81,7 +83,7 @@ def test_collect_gives_keyed_tidy_tables(tiny):
 
 
 def test_collect_ignores_units_of_other_settings(tiny):
-    other = workbook.Grid(**{**TINY, "epochs": 2}, runs_dir=tiny.runs_dir)
+    other = Grid(**{**TINY, "epochs": 2}, runs_dir=tiny.runs_dir)
     tables = workbook.collect(other)
     assert tables["runs"].empty and len(tables["missing"]) == 12  # same masks, new training runs
     assert len(tables["masks"]) == 12
@@ -127,17 +129,17 @@ def test_plots_for_the_notebooks(tiny):
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-                    and not (paths.DATA / "FashionMNIST").exists(), reason="Fashion-MNIST files absent")
+                    and not (DATA / "FashionMNIST").exists(), reason="Fashion-MNIST files absent")
 def test_smoke_profile_end_to_end():
     # Runs into the smoke profile's own scratch folder (runs/smoke), emptied first so that
     # nothing stale is tested; nbval, collected after tests/, then finds these units done
     # and only re-draws, instead of training the same smoke grid a second time.
     import shutil
 
-    grid = workbook.Grid.from_profile("smoke")
+    grid = Grid.from_profile("smoke")
     runs = grid.root
     shutil.rmtree(runs, ignore_errors=True)
-    assert workbook.main(["run", "--profile", "smoke"]) == 0
+    assert cli.main(["run", "--profile", "smoke"]) == 0
     figures = runs / "figures"
     for n in (1, 2, 3):
         png = figures / f"fig{n}_fashion-mnist.png"
@@ -154,3 +156,40 @@ def test_smoke_profile_end_to_end():
         assert (runs / "notebooks" / "d0.1" / f"{nb}.ipynb").exists()
     assert not math.isnan(results["test_acc"].mean())
     assert set(results["method"]) <= set(METHODS)
+
+
+@pytest.mark.filterwarnings("ignore::lib.pruning.LayerCollapseWarning")
+def test_a_method_added_to_the_registry_runs_through_grid_units_and_plots(tmp_path, monkeypatch):
+    """Adding a method is one registry entry: the grid accepts it, the units give it real
+    weights and the options it declares, and the figures order it by the registry."""
+    import torch
+
+    from lib import pruning
+
+    seen = {}
+
+    def magnitude(model, *, rounds, **_):
+        seen["rounds"], seen["on_meta"] = rounds, any(p.is_meta for p in model.parameters())
+        return {n: m.weight.detach().abs() for n, m in pruning.prunable_layers(model).items()}
+
+    entry = pruning.Method("Magnitude", scorer=magnitude, needs_weights=True, options=frozenset({"rounds"}))
+    monkeypatch.setitem(pruning.METHODS, "Magnitude", entry)
+    grid = Grid(**{**TINY, "methods": ["Magnitude"], "no_skip": False, "rounds": 3},
+                runs_dir=str(tmp_path), figures_dir=str(tmp_path / "figures"))
+    (s,) = grid.metric_masks(0.1)
+    masks = pruning.load_masks(workbook.ensure_mask(grid, s) / store.MASKS)
+    assert seen == {"rounds": 3, "on_meta": False}
+    model = workbook._model(s, workbook.splits_for(grid, s.seed))
+    weights = torch.cat([m.weight.detach().abs().flatten() for m in pruning.prunable_layers(model).values()])
+    kept = torch.cat([masks[n].flatten() for n in masks])
+    assert weights[kept].min() >= weights[~kept].max()  # the largest weights, globally
+    assert list(plots.palette(["Magnitude", "SNIP", "Rand"])) == ["Rand", "SNIP", "Magnitude"]
+
+
+def test_saved_figures_are_byte_identical_when_the_data_are(tiny, tmp_path):
+    results = workbook.collect(tiny)["results"]
+    first = plots.draw_all(results, tmp_path / "a")
+    second = plots.draw_all(results, tmp_path / "b")
+    for a, b in zip(first, second):
+        for ext in (".png", ".svg"):
+            assert a.with_suffix(ext).read_bytes() == b.with_suffix(ext).read_bytes(), a.name + ext

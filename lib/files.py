@@ -1,9 +1,9 @@
-"""Writing and reading results so that nothing is lost: atomic files and tidy tables.
+"""The project's folders, and atomic file writes: the primitives every module writes through.
 
-Every file a run produces is written to a temporary name in the same folder and renamed into
-place (``os.replace`` is atomic on POSIX), so a run killed mid-write leaves either the old file
-or the new one, never half of one. Tables are CSV without an index, one row per layer or per
-run, keyed by ``arch, dataset, method, density, seed`` (plus ``skip``/``width`` where they vary).
+A file is written to a temporary name in its folder and renamed into place (``os.replace`` is
+atomic on POSIX), so a run killed mid-write leaves the old file or the new one, never half of
+one. Tables are CSV without an index. Which file a unit of work writes, and where, is
+:mod:`lib.store`'s business; this module only knows how.
 """
 from __future__ import annotations
 
@@ -15,7 +15,18 @@ from typing import Callable
 
 import pandas as pd
 
-KEYS = ["arch", "skip", "width", "dataset", "method", "density", "seed"]
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+RUNS = REPO / "runs"
+FIGURES = REPO / "figures"
+PROFILES = REPO / "profiles"
+NOTEBOOKS = REPO / "notebooks"
+
+
+def in_repo(path: Path | str) -> Path:
+    """``path`` as given if absolute, else relative to the repository (not the working directory)."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO / path
 
 
 def atomic_write(path: Path | str, write: Callable[[str], None]) -> Path:

@@ -1,0 +1,4 @@
+"""``python -m lib``: the workbook's command line (:mod:`lib.cli`)."""
+from .cli import main
+
+raise SystemExit(main())
