@@ -28,19 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import paths
-from .results import KEYS, atomic_write
-
-# The model-level means of lib.spectral.summarize; kept here so that reading the record needs
-# no torch (tests check the two agree).
-SUMMARY_METRICS = ("mu0", "mu_hat", "delta_s", "delta_r", "delta_r_norm", "imdb", "imdb_norm",
-                   "delta_s_imdb", "narc")
-# What joins a training run to its mask's metrics, as in lib.workbook.collect.
-JOIN = [k for k in KEYS if k != "width"]
+from .files import DATA, atomic_write
+from .settings import KEYS
+from .workbook import join_results, mask_summaries
 
 SOURCE = "github.com/VITA-Group/ramanujan-on-pai"
 COMMIT = "ec1d583e305bb7bfd1e9f6879f1d57f666d4b194"
-FOLDER = paths.DATA / "published"
+FOLDER = DATA / "published"
 
 # The record's key columns (every row of every per-run file); tables() adds width = 1.0.
 RECORD_KEYS = ["dataset", "arch", "skip", "method", "density", "seed"]
@@ -258,24 +252,9 @@ def read_record(folder: str | Path = FOLDER) -> dict[str, pd.DataFrame]:
 
 
 def _keyed(df: pd.DataFrame) -> pd.DataFrame:
-    """Record keys -> the workbook's key columns (:data:`lib.results.KEYS`, width 1.0) first."""
+    """Record keys -> the workbook's key columns (:data:`lib.settings.KEYS`, width 1.0) first."""
     df = df.assign(width=1.0)
     return df[[*KEYS, *[c for c in df.columns if c not in KEYS]]]
-
-
-def _masks(layers: pd.DataFrame) -> pd.DataFrame:
-    """One row per mask: the aggregates of :func:`lib.spectral.summarize` (means over the layers
-    where each metric is defined, layer counts, realized density), computed for all masks at
-    once; ``tests/test_published.py`` checks them against :func:`lib.workbook.mask_summaries`."""
-    g = layers.assign(_weights=layers["size_left"] * layers["size_right"],
-                      _undefined=layers["delta_r"].isna(), _imdb_undefined=layers["imdb"].isna())
-    g = g.groupby(KEYS, sort=False)
-    out = g[list(SUMMARY_METRICS)].mean()
-    out["layers"] = g.size()
-    out["undefined_layers"] = g["_undefined"].sum()
-    out["imdb_undefined_layers"] = g["_imdb_undefined"].sum()
-    out["realized_density"] = g["edges"].sum() / g["_weights"].sum()
-    return out.reset_index()
 
 
 def _runs(histories: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
@@ -414,15 +393,14 @@ def tables(folder: str | Path = FOLDER) -> dict[str, pd.DataFrame]:
     record = read_record(folder)
     layers = _keyed(record["layers"])
     histories = _keyed(record["histories"])
-    masks = _masks(layers)
+    masks = mask_summaries(layers)
     runs = _runs(histories, layers)
     missing = _missing(layers, histories)
     anomalies = _anomalies(runs, masks, layers, missing, record["main"], record["older"])
     flagged = anomalies[anomalies["seed"].notna()].astype({"seed": np.int64})
     kinds = flagged.groupby(KEYS, sort=False)["kind"].agg("; ".join).rename("anomaly")
     runs = runs.merge(kinds.reset_index(), on=KEYS, how="left").fillna({"anomaly": ""})
-    results = runs.rename(columns={"width": "train_width"}).merge(
-        masks.rename(columns={"width": "metric_width"}), on=JOIN, how="outer", suffixes=("", "_mask"))
+    results = join_results(runs, masks)
     return {"layers": layers, "masks": masks, "runs": runs, "results": results,
             "histories": histories, "missing": missing, "anomalies": anomalies}
 
