@@ -112,11 +112,10 @@ def _permutations(n: int) -> np.ndarray:
 @functools.cache
 def _mahonian(n: int) -> np.ndarray:
     """P(S = s) for s = -P..P (index s + P) over permutations of n untied values."""
-    counts = np.ones(1)
-    for k in range(2, n + 1):  # inversions of a permutation of k: add 0..k-1 new ones
-        counts = np.convolve(counts, np.ones(k))
-    total_pairs = n * (n - 1) // 2
-    prob = counts / counts.sum()  # index: inversions 0..P; S = P - 2 * inversions
+    prob = np.ones(1)
+    for k in range(2, n + 1):  # the k-th value adds 0..k-1 inversions, equally likely
+        prob = np.convolve(prob, np.full(k, 1.0 / k))  # probabilities: counts (n!) would overflow
+    total_pairs = n * (n - 1) // 2  # index of prob: inversions 0..P; S = P - 2 * inversions
     out = np.zeros(2 * total_pairs + 1)
     out[total_pairs - 2 * np.arange(total_pairs + 1) + total_pairs] = prob
     return out
@@ -150,7 +149,7 @@ def _two_sided(null: np.ndarray, s_obs: float) -> float:
     """P(|S| >= |s_obs|) for a null over the integer grid centred at its middle index."""
     half = (len(null) - 1) // 2
     s = np.arange(len(null)) - half
-    return float(min(1.0, null[np.abs(s) >= abs(round(float(s_obs))) ].sum()))
+    return float(min(1.0, null[np.abs(s) >= abs(round(float(s_obs)))].sum()))
 
 
 @dataclass
@@ -688,12 +687,13 @@ def _model_name(arch, skip) -> str:
 def claims_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One line per (claim, statistic, dataset, model) pooled over densities: the stratified
     statistics (pairs compared within a density only) with their p-values and intervals, the
-    trend, the contrasts, and the shares; ``densities``: how many strata entered."""
+    trend, the contrasts, and the shares; ``strata``: how many densities (methods, for the
+    within-method rise of delta_r) entered."""
     t = table[table["density"].astype(str) == "all"].copy()
     t["model"] = [_model_name(a, s) for a, s in zip(t["arch"], t["skip"])]
     cols = ["claim", "statistic", "dataset", "model", "value", "p_value", "ci_low", "ci_high", "n",
             "strata", "seeds", "n_undefined", "note"]
-    out = t[cols].rename(columns={"strata": "densities"}).sort_values(["claim", "statistic", "dataset", "model"])
+    out = t[cols].sort_values(["claim", "statistic", "dataset", "model"])
     return out.reset_index(drop=True)
 
 

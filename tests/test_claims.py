@@ -286,9 +286,25 @@ def test_claims_on_a_table_with_known_answers():
     assert value("3", "share of Rand/ERK masks with mean narc <= 0", "all") == 1.0
     assert value("2", "stratified tau(accuracy, imdb_norm)", "all") == pytest.approx(1.0)
     summary = claims.claims_summary(table)
-    assert (summary["densities"].dropna() <= 2).all()
+    assert (summary["strata"].dropna() <= 4).all()
     stratified = summary[summary["statistic"].str.startswith("stratified tau(accuracy")]
     assert stratified["value"].notna().all() and stratified["p_value"].notna().all()
     # with 4 methods at 2 densities, a perfect ranking has p = 2 / 24**2
     assert summary.loc[summary["statistic"] == "stratified tau(accuracy, imdb_norm)", "p_value"].item() == \
         pytest.approx(2 / 24**2)
+
+
+def test_tau_by_density_figure():
+    from lib import plots
+
+    rng = np.random.default_rng(9)
+    results = results_table(rng, relation=1.0, skips=(True, False))
+    controls = control_layers(results, lambda r, draw: r.density + rng.normal(0, 0.1), draws=2)
+    table = claims.claims_table(results, controls=controls, n_boot=100, n_perm=200)
+    fig = plots.tau_by_density(table, "imdb_norm")
+    assert len(fig.axes) == 2  # one panel per model
+    for ax in fig.axes:
+        assert len(ax.lines) >= 2 and "stratified: real" in ax.get_title() and "control" in ax.get_title()
+    plots.plt.close(fig)
+    with pytest.raises(ValueError, match="choose one of"):
+        plots.tau_by_density(table, "mu0")

@@ -142,3 +142,17 @@ def test_rand_and_erk_agree_with_their_own_controls():
         assert len(r) >= 30 and abs(np.mean(r) - 0.5) < 4 * sd, metric
     sd = np.sqrt((draws + 2) / (12 * draws) / len(packed_ranks))
     assert abs(np.mean(packed_ranks) - 0.5) > 6 * sd
+
+
+def test_control_metrics_are_summarize_per_draw(small_layers):
+    from lib.claims import control_metrics
+    from lib.spectral import summarize
+
+    table = controls.controls_table(small_layers, draws=2, progress=False)
+    fast = control_metrics(table)
+    assert len(fast) == 4  # 2 masks x 2 draws
+    for row in fast.itertuples(index=False):
+        g = table[(table["method"] == row.method) & (table["draw"] == row.draw)]
+        expected = summarize(g)
+        for m in ("delta_r_norm", "imdb_norm", "narc", "undefined_layers", "imdb_undefined_layers", "layers"):
+            assert getattr(row, m) == pytest.approx(expected[m], nan_ok=True)
