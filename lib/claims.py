@@ -28,9 +28,11 @@ per stratum, else Monte Carlo. "Stratified" statistics compare pairs only within
 (or within a method): tau_s = sum_d S_d / sum_d D_d, with D_d tau-b's denominator; its exact
 null is the convolution of the per-stratum nulls. Intervals are 95% percentile intervals of a
 bootstrap that resamples seeds within each (method, density) cell (and a control's draws
-within each mask); they show seed-to-seed spread, not which methods were chosen, and are NaN
-where every cell has one seed. Every random draw comes from a numpy Generator seeded by
-``seed`` and the row's keys, so a table is reproducible and independent of row order.
+within each mask); they show seed-to-seed spread only, not which methods were chosen (an
+interval that excludes 0 is no test: read p), and are NaN where every cell has one seed.
+Every random draw comes from a numpy Generator seeded by ``seed`` and the row's keys, so a
+table is reproducible and independent of row order. With controls, each tau(accuracy, metric)
+gets the same tau on the controls and the difference (real minus control, swap-permutation p).
 :func:`verdicts` picks the headline test per claim and model, with Holm-adjusted p-values.
 """
 from __future__ import annotations
@@ -265,10 +267,8 @@ def paired_contrast(arm_a: list[tuple[np.ndarray, np.ndarray]], arm_b: list[tupl
     def contrast(swaps: list[np.ndarray]) -> np.ndarray:
         sa = da = sb = db = 0.0
         for r, sw in zip(ranked, swaps):  # sw: (patterns, units) bool
-            xa = np.where(sw, r[2], r[0]); ya = np.where(sw, r[3], r[1])
-            xb = np.where(sw, r[0], r[2]); yb = np.where(sw, r[1], r[3])
-            s1, d1 = _s_and_d(xa, ya)
-            s2, d2 = _s_and_d(xb, yb)
+            s1, d1 = _s_and_d(np.where(sw, r[2], r[0]), np.where(sw, r[3], r[1]))  # arm a after swaps
+            s2, d2 = _s_and_d(np.where(sw, r[0], r[2]), np.where(sw, r[1], r[3]))  # arm b
             sa, da, sb, db = sa + s1, da + d1, sb + s2, db + d2
         return _ratio(sb, db) - _ratio(sa, da)
 
@@ -322,9 +322,9 @@ class _Stratum:
     point: np.ndarray = field(default=None)  # (units, 3): x, y, control x
     boot: np.ndarray | None = None  # (B, units, 3)
 
-    def arm(self, which: int, units=None) -> tuple[np.ndarray, np.ndarray]:
-        sel = slice(None) if units is None else [self.units.index(u) for u in units]
-        return self.point[sel, which], self.point[sel, 1]
+    def arm(self, which: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) per unit: column ``which`` (0: the metric, 2: its control) against y."""
+        return self.point[:, which], self.point[:, 1]
 
 
 def _unit_point(rows: np.ndarray, draws: np.ndarray | None) -> np.ndarray:
