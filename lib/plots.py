@@ -221,8 +221,9 @@ def tau_by_density(table: pd.DataFrame, metric: str = "imdb_norm", dataset: str 
     t = t[t["statistic"].isin([name for name, _, _ in series.values()]
                               + [f"stratified {name}" for name, _, _ in series.values()])]
     models = list(dict.fromkeys(zip(t["arch"], t["skip"])))
-    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(4.6 * max(len(models), 1), 3.8), squeeze=False,
-                             sharey=True)
+    panels = max(len(models), 1)
+    fig, axes = plt.subplots(1, panels, figsize=(max(4.6 * panels, 6.4), 3.8 + 0.3 * (panels == 1)),
+                             squeeze=False, sharey=True)
     for ax, (arch, skip) in zip(axes[0], models):
         sub = t[(t["arch"] == arch) & (t["skip"] == skip)]
         titles = []
@@ -260,9 +261,9 @@ def tau_by_density(table: pd.DataFrame, metric: str = "imdb_norm", dataset: str 
     handles += [Line2D([], [], color="0.3", marker="o", ls="none", label=f"filled: p < {alpha:g}"),
                 Line2D([], [], color="0.3", marker="o", ls="none", markerfacecolor="white",
                        label=f"hollow: p ≥ {alpha:g}")]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8.5,
-               bbox_to_anchor=(0.5, 0.0))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles) if panels > 1 else 2, frameon=False,
+               fontsize=8.5, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(f"Does {LABELS.get(metric, metric)} rank methods beyond layer-wise density?"
                  + (f" ({dataset})" if dataset else ""), fontsize=11)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.07 if panels > 1 else 0.13, 1, 1))
     return fig
