@@ -198,3 +198,79 @@ def draw_all(results: pd.DataFrame, folder: str | Path) -> list[Path]:
             written.append(save(fig, folder, f"fig{n}_{dataset}")[0])
             plt.close(fig)
     return written
+
+
+# Per-density statistic of each metric in lib.claims.claims_table.
+TAU_STATISTICS = {
+    "delta_r_norm": "tau(accuracy, delta_r_norm)",
+    "imdb_norm": "tau(accuracy, imdb_norm)",
+    "narc": "tau(narc, accuracy) across methods",
+}
+
+
+def tau_by_density(table: pd.DataFrame, metric: str = "imdb_norm", dataset: str | None = None,
+                   alpha: float = 0.05) -> plt.Figure:
+    """Kendall tau of accuracy and ``metric`` across methods at each density, real masks beside
+    their density-matched controls, one panel per model, from :func:`lib.claims.claims_table`.
+
+    Bars: the seed-bootstrap interval (absent with one seed); filled markers: exact permutation
+    p < ``alpha`` at that density. The panel title gives the stratified tau over densities and
+    its p-value for both.
+    """
+    from .claims import CONTROL
+
+    if metric not in TAU_STATISTICS:
+        raise ValueError(f"no per-density tau for {metric!r}; choose one of {', '.join(TAU_STATISTICS)}")
+    real_name = TAU_STATISTICS[metric]
+    series = {"real masks": (real_name, "tab:blue", "o"),
+              f"{CONTROL}": (f"{real_name} of {CONTROL}", "tab:gray", "s")}
+    t = table if dataset is None else table[table["dataset"] == dataset]
+    t = t[t["statistic"].isin([name for name, _, _ in series.values()]
+                              + [f"stratified {name}" for name, _, _ in series.values()])]
+    models = list(dict.fromkeys(zip(t["arch"], t["skip"])))
+    panels = max(len(models), 1)
+    fig, axes = plt.subplots(1, panels, figsize=(max(4.6 * panels, 6.4), 3.8 + 0.3 * (panels == 1)),
+                             squeeze=False, sharey=True)
+    for ax, (arch, skip) in zip(axes[0], models):
+        sub = t[(t["arch"] == arch) & (t["skip"] == skip)]
+        titles = []
+        for k, (label, (name, color, marker)) in enumerate(series.items()):
+            rows = sub[(sub["statistic"] == name) & (sub["density"].astype(str) != "all")].copy()
+            if rows.empty:
+                continue
+            rows["density"] = rows["density"].astype(float)
+            rows = rows.sort_values("density")
+            x = rows["density"].to_numpy() * (1.06 if k else 1 / 1.06)  # side by side on a log axis
+            y = rows["value"].to_numpy(float)
+            low = (y - rows["ci_low"].to_numpy(float))
+            high = (rows["ci_high"].to_numpy(float) - y)
+            ax.errorbar(x, y, yerr=[low, high], fmt="none", ecolor=color, elinewidth=1.2, capsize=3)
+            significant = rows["p_value"].to_numpy(float) < alpha
+            ax.plot(x, y, "-", color=color, lw=1, alpha=0.6)
+            ax.scatter(x[significant], y[significant], color=color, marker=marker, s=36, zorder=3)
+            ax.scatter(x[~significant], y[~significant], facecolor="white", edgecolor=color, marker=marker, s=36,
+                       zorder=3)
+            pooled = sub[sub["statistic"] == f"stratified {name}"]
+            if len(pooled):
+                r = pooled.iloc[0]
+                titles.append(f"{'real' if k == 0 else 'control'} {r['value']:+.2f} (p={r['p_value']:.2g})")
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xscale("log")
+        ticks = sorted(t["density"][t["density"].astype(str) != "all"].astype(float).unique())
+        ax.set_xticks(ticks, [f"{d:g}" for d in ticks])
+        ax.minorticks_off()
+        ax.set_ylim(-1.1, 1.1)
+        ax.set_xlabel(LABELS["density"])
+        ax.set_title(f"{_variant(arch, skip)}\nstratified: " + ", ".join(titles), fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"Kendall τ, accuracy vs {LABELS.get(metric, metric)}")
+    handles = [Line2D([], [], color=color, marker=marker, label=label) for label, (_, color, marker) in series.items()]
+    handles += [Line2D([], [], color="0.3", marker="o", ls="none", label=f"filled: p < {alpha:g}"),
+                Line2D([], [], color="0.3", marker="o", ls="none", markerfacecolor="white",
+                       label=f"hollow: p ≥ {alpha:g}")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles) if panels > 1 else 2, frameon=False,
+               fontsize=8.5, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"Does {LABELS.get(metric, metric)} rank methods beyond layer-wise density?"
+                 + (f" ({dataset})" if dataset else ""), fontsize=11)
+    fig.tight_layout(rect=(0, 0.07 if panels > 1 else 0.13, 1, 1))
+    return fig
