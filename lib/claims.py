@@ -48,6 +48,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from .settings import KEYS
+
 ACC = "test_acc"
 COLUMNS = ["claim", "dataset", "arch", "skip", "density", "statistic", "value", "n"]
 EXTRA_COLUMNS = ["p_value", "ci_low", "ci_high", "p_method", "seeds", "strata", "n_undefined",
@@ -536,18 +538,10 @@ def _trend(rows, claim, model_keys, strata: list[_Stratum], statistic: str) -> N
 
 def control_metrics(controls: pd.DataFrame) -> pd.DataFrame:
     """One row per (mask, draw) of a controls table (:func:`lib.controls.controls_table`): its
-    keys, ``draw`` and the model-level metrics of :func:`lib.spectral.summarize` (the same
-    means over defined layers, computed for all groups at once)."""
-    from .results import KEYS
-    from .spectral import SUMMARY_METRICS
+    keys, ``draw`` and the model-level metrics of :func:`lib.workbook.mask_summaries`."""
+    from .workbook import mask_summaries
 
-    keys = [k for k in KEYS if k in controls] + ["draw"]
-    by = [controls[k] for k in keys]
-    out = controls.groupby(by, sort=False)[list(SUMMARY_METRICS)].mean()
-    out["layers"] = controls.groupby(by, sort=False).size()
-    out["undefined_layers"] = controls["delta_r"].isna().groupby(by, sort=False).sum()
-    out["imdb_undefined_layers"] = controls["imdb"].isna().groupby(by, sort=False).sum()
-    return out.reset_index()
+    return mask_summaries(controls, by=[k for k in KEYS if k in controls] + ["draw"])
 
 
 def _control_draws(model: pd.DataFrame, summary: pd.DataFrame | None, metric: str) -> dict | None:

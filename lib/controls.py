@@ -26,11 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .results import KEYS
+from .data import DATASET_SHAPES
+from .settings import KEYS
 
-# (num_classes, in_channels) of the workbook's datasets: the published record's models are
-# full-width CIFAR models (3 input channels, 10 or 100 classes).
-DATASET_SHAPES = {"cifar10": (10, 3), "cifar100": (100, 3), "fashion-mnist": (10, 1), "synthetic": (10, 3)}
 # Below this share of kept (or dropped) weights, drawing positions beats a Bernoulli pass.
 SPARSE_DRAW = 0.02
 
@@ -57,7 +55,7 @@ def _canonical_keys(keys: Mapping) -> dict:
 def control_seed(keys: Mapping, draw: int, seed: int = 0) -> np.random.SeedSequence:
     """The seed stream of draw ``draw`` of the controls of the mask ``keys``.
 
-    Derived like :func:`lib.settings.stream_seed`: a hash of the mask's key columns, the
+    Derived like :func:`lib.seeds.stream_seed`: a hash of the mask's key columns, the
     ``control`` stream name and ``seed``, with the draw as the SeedSequence's spawn key.
     """
     text = json.dumps({"seed": int(seed), "stream": "control", "mask": _canonical_keys(keys)}, sort_keys=True)
@@ -149,7 +147,7 @@ def mask_controls(keys: Mapping, counts: Mapping[str, tuple[int, int, int]], dra
                   first_draw: int = 0, solver: str = "auto", progress: bool = False) -> pd.DataFrame:
     """The metrics of ``draws`` density-matched random masks of one mask: its cacheable unit.
 
-    ``keys``: the mask's key columns (:data:`lib.results.KEYS`); ``counts``: ``{layer:
+    ``keys``: the mask's key columns (:data:`lib.settings.KEYS`); ``counts``: ``{layer:
     (size_left, size_right, kept)}`` (:func:`layer_counts`). Returns a ``layers``-shaped table:
     the key columns, ``layer`` and every :func:`lib.spectral.model_metrics` column, plus
     ``control`` (True) and ``draw`` (``first_draw`` .. ``first_draw + draws - 1``). Draw ``i``

@@ -28,6 +28,8 @@ from .files import DATA, atomic_write
 from .seeds import stream_seed
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
+# (num_classes, in_channels) of each dataset: what a model needs, known without reading files.
+DATASET_SHAPES = {"cifar10": (10, 3), "cifar100": (100, 3), "fashion-mnist": (10, 1), "synthetic": (10, 3)}
 
 # experiments.md: CIFAR normalisation. The same constants are used for CIFAR-100, so that
 # the two datasets go through one recipe.

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .data import DATASET_SHAPES
 from .files import DATA, atomic_write
 from .settings import KEYS
 from .workbook import join_results, mask_summaries
@@ -38,7 +39,7 @@ FOLDER = DATA / "published"
 
 # The record's key columns (every row of every per-run file); tables() adds width = 1.0.
 RECORD_KEYS = ["dataset", "arch", "skip", "method", "density", "seed"]
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {name: DATASET_SHAPES[name][0] for name in ("cifar10", "cifar100")}  # the release's datasets
 ARCHS = ("resnet34", "vgg16")
 METHODS = ("Rand", "ERK", "SNIP", "GraSP", "SynFlow", "iterSNIP")  # the release's prune_type
 # The release's per-layer column -> the workbook's name. ``rm_norm`` is not a column of the

@@ -208,9 +208,10 @@ STAGE_FUNCTIONS = {"01_pruning": prune_density, "02_training": train_density, "0
 JOIN = [k for k in KEYS if k != "width"]
 
 
-def mask_summaries(layers: pd.DataFrame) -> pd.DataFrame:
-    """One row per mask: its keys and the model-level aggregates of its per-layer metrics."""
-    rows = [{**dict(zip(KEYS, k)), **summarize(g).to_dict()} for k, g in layers.groupby(KEYS, sort=False)]
+def mask_summaries(layers: pd.DataFrame, by: list[str] = KEYS) -> pd.DataFrame:
+    """One row per mask (per group of ``by``): its keys and the model-level aggregates of its
+    per-layer metrics (:func:`lib.spectral.summarize`)."""
+    rows = [{**dict(zip(by, k)), **summarize(g).to_dict()} for k, g in layers.groupby(by, sort=False)]
     return pd.DataFrame(rows)
 
 

@@ -8,7 +8,7 @@ import torch
 from lib import controls
 from lib.models import build_model
 from lib.pruning import compute_masks
-from lib.results import KEYS
+from lib.settings import KEYS
 from lib.spectral import EXTRA, METRICS, model_metrics
 
 KEYS_OF = dict(arch="resnet34", skip=True, width=0.0625, dataset="synthetic", method="ERK", density=0.1, seed=1)
