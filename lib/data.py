@@ -15,6 +15,7 @@ Public API: :func:`load_data` -> :class:`Splits`; :func:`batches`; :func:`scorin
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import shutil
@@ -31,10 +32,14 @@ DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
 # (num_classes, in_channels) of each dataset: what a model needs, known without reading files.
 DATASET_SHAPES = {"cifar10": (10, 3), "cifar100": (100, 3), "fashion-mnist": (10, 1), "synthetic": (10, 3)}
 
-# experiments.md: CIFAR normalisation. The same constants are used for CIFAR-100, so that
-# the two datasets go through one recipe.
+# experiments.md: CIFAR-10's normalisation and reflect padding; CIFAR-100 has its own
+# normalisation and pads with zeros, as the code that produced the published numbers did.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+PADDING = {"cifar100": "zeros"}  # the others: "reflect"
+VAL_SPLITS = ("random", "last")
 
 # Where Debian's ``fashion-mnist`` package puts the four idx .gz files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -98,6 +103,8 @@ class Splits:
     val_fraction: float = 0.1
     train_fraction: float = 1.0
     test_fraction: float = 1.0
+    val_split: str = "random"  # "random": a seeded share; "last": the file's last share, fixed
+    padding: str = "reflect"  # how the random crop pads: "reflect" or "zeros"
 
     @property
     def nbytes(self) -> int:
@@ -105,9 +112,8 @@ class Splits:
 
     def to(self, device) -> "Splits":
         """A copy whose three sets live on ``device`` (a no-op copy if already there)."""
-        return Splits(self.train.to(device), self.val.to(device), self.test.to(device),
-                      self.num_classes, self.in_channels, self.mean, self.std, self.name,
-                      self.seed, self.val_fraction, self.train_fraction, self.test_fraction)
+        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
+                                   test=self.test.to(device))
 
     def __repr__(self) -> str:
         return (f"Splits({self.name}: train {len(self.train)}, val {len(self.val)}, "
@@ -254,15 +260,16 @@ def _synthetic(size: Sequence[int], num_classes: int):
 
 def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: float = 0.1,
               seed: int = 0, train_fraction: float = 1.0, test_fraction: float = 1.0,
-              download: bool = True,
+              download: bool = True, val_split: str = "random",
               synthetic_size: Sequence[int] = (512, 3, 32, 32),
               synthetic_classes: int = 10) -> Splits:
     """Load ``name`` (``cifar10``, ``cifar100``, ``fashion-mnist`` or ``synthetic``) as :class:`Splits`.
 
     ``root`` defaults to the workbook's ``data/`` folder (:data:`lib.files.DATA`), so the
-    result does not depend on the working directory. Validation split: a permutation of
-    the training set drawn from ``seed``; the first ``round(val_fraction * N)`` images are
-    the validation set, and ``train_fraction`` of the rest (drawn from the same generator)
+    result does not depend on the working directory. Validation split (``val_split``):
+    ``"random"``, the first ``round(val_fraction * N)`` images of a permutation drawn from
+    ``seed``; ``"last"``, the last ``round(val_fraction * N)`` images of the file, whatever the
+    seed (the authors' code). ``train_fraction`` of the rest, drawn from the seed's generator,
     is the training set. ``test_fraction`` < 1 evaluates a seeded subsample of the test set
     (a budget option: per-epoch evaluation of 10000 test images costs a short CPU run as
     much as its training). Indices are sorted, so each set keeps the file order.
@@ -272,6 +279,8 @@ def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: fl
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_split not in VAL_SPLITS:
+        raise ValueError(f"unknown val_split {val_split!r}; choose one of {', '.join(VAL_SPLITS)}")
     for label, fraction in (("train_fraction", train_fraction), ("test_fraction", test_fraction)):
         if not 0 < fraction <= 1:
             raise ValueError(f"{label} must be in (0, 1], got {fraction}")
@@ -279,7 +288,7 @@ def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: fl
 
     if name in ("cifar10", "cifar100"):
         x_train, y_train, x_test, y_test, num_classes = _read_cifar(name, root, download)
-        mean, std = CIFAR_MEAN, CIFAR_STD
+        mean, std = (CIFAR100_MEAN, CIFAR100_STD) if name == "cifar100" else (CIFAR_MEAN, CIFAR_STD)
     elif name == "fashion-mnist":
         x_train, y_train, x_test, y_test, num_classes = _read_fashion_mnist(root, download)
         # Computed from the whole padded 32x32 training set (60000 images, validation part
@@ -293,9 +302,12 @@ def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: fl
 
     n = len(y_train)
     g = torch.Generator().manual_seed(stream_seed(seed, "split"))
-    perm = torch.randperm(n, generator=g)
     n_val = int(round(val_fraction * n))
-    val_idx, rest = perm[:n_val], perm[n_val:]
+    if val_split == "random":
+        perm = torch.randperm(n, generator=g)
+        val_idx, rest = perm[:n_val], perm[n_val:]
+    else:
+        val_idx, rest = torch.arange(n - n_val, n), torch.arange(n - n_val)
     if train_fraction < 1:
         n_keep = max(1, int(round(train_fraction * len(rest))))
         rest = rest[torch.randperm(len(rest), generator=g)[:n_keep]]
@@ -319,6 +331,8 @@ def load_data(name: str, root: str | os.PathLike | None = None, val_fraction: fl
         val_fraction=float(val_fraction),
         train_fraction=float(train_fraction),
         test_fraction=float(test_fraction),
+        val_split=val_split,
+        padding=PADDING.get(name, "reflect"),
     )
 
 
@@ -341,7 +355,7 @@ def batches(images_set: ImageSet, batch_size: int, *, train: bool,
             generator: torch.Generator | None = None, device=None,
             mean: Sequence[float], std: Sequence[float], augment: bool | None = None,
             memory_format: torch.memory_format = torch.contiguous_format,
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            padding: str = "reflect") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield normalised float32 ``(x, y)`` batches of ``images_set`` on ``device``.
 
     ``train=True``: shuffled with ``generator`` and the last partial batch dropped -- every
@@ -350,10 +364,11 @@ def batches(images_set: ImageSet, batch_size: int, *, train: bool,
     on the shuffle. ``train=False``: file order, the last partial batch kept, so an accuracy
     covers every image.
 
-    ``augment`` (default: ``train``) is the CIFAR recipe of experiments.md: 4-pixel reflect
-    padding, a random crop back to the original size, and a horizontal flip with probability
-    1/2. It is one gather: the crop's rows and columns are mapped back through the
-    reflection into the unpadded image, so no padded copy is made. Fashion-MNIST (padded
+    ``augment`` (default: ``train``) is the CIFAR recipe of experiments.md: 4-pixel padding
+    (``padding``: ``"reflect"``, or ``"zeros"`` as the authors' CIFAR-100 runs), a random crop
+    back to the original size, and a horizontal flip with probability 1/2. It is one gather:
+    the crop's rows and columns are mapped back through the reflection (or clamped, and the
+    outside zeroed) into the unpadded image, so no padded copy is made. Fashion-MNIST (padded
     28 -> 32 with zeros at load) gets the very same crop and flip, to keep one recipe for
     every dataset; its garments are left-right symmetric enough for the flip.
 
@@ -363,6 +378,8 @@ def batches(images_set: ImageSet, batch_size: int, *, train: bool,
     """
     if augment is None:
         augment = train
+    if padding not in ("reflect", "zeros"):
+        raise ValueError(f"unknown padding {padding!r}; choose reflect or zeros")
     if (train or augment) and generator is None:
         raise ValueError("a generator is needed to shuffle or augment")
     n = len(images_set)
@@ -391,12 +408,21 @@ def batches(images_set: ImageSet, batch_size: int, *, train: bool,
     for b in range(n_batches):
         sel = slice(b * batch_size, min((b + 1) * batch_size, n))
         idx = order[sel]
-        if augment:
+        if augment and padding == "reflect":
             k = len(idx)
             rows = _reflect(offsets[sel, 0, None] + rows_base, h)  # (k, h)
             cols = _reflect(offsets[sel, 1, None] + cols_base, w)  # (k, w)
             cols = torch.where(flips[sel, None], cols.flip(1), cols)
             x = images[idx.view(k, 1, 1, 1), chan, rows.view(k, 1, h, 1), cols.view(k, 1, 1, w)]
+        elif augment:  # zero padding: clamp into the image, then zero what lies outside it
+            k = len(idx)
+            rows = offsets[sel, 0, None] + rows_base
+            cols = offsets[sel, 1, None] + cols_base
+            cols = torch.where(flips[sel, None], cols.flip(1), cols)
+            x = images[idx.view(k, 1, 1, 1), chan, rows.clamp(0, h - 1).view(k, 1, h, 1),
+                       cols.clamp(0, w - 1).view(k, 1, 1, w)]
+            inside = ((rows >= 0) & (rows < h)).view(k, 1, h, 1) & ((cols >= 0) & (cols < w)).view(k, 1, 1, w)
+            x = x * inside
         else:
             x = images[idx]
         y = labels[idx]
@@ -409,22 +435,25 @@ def batches(images_set: ImageSet, batch_size: int, *, train: bool,
         yield x, y
 
 
-def scoring_batches(splits: Splits, n_batches: int, batch_size: int, seed: int,
-                    device=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``n_batches`` normalised, un-augmented training batches for SNIP / GraSP scoring.
+def scoring_batches(splits: Splits, n_batches: int | str, batch_size: int, seed: int,
+                    device=None, augment: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised training batches for SNIP / GraSP / iterSNIP scoring.
 
-    Drawn from a permutation of the training set seeded by ``seed`` (a fresh permutation
-    after each pass if more batches are asked for than one pass holds); full batches only.
+    ``n_batches``: a number of batches, drawn from a permutation of the training set seeded by
+    ``seed`` (a fresh permutation after each pass if more are asked for than one pass holds),
+    or ``"all"``: one pass over the training set, as the authors scored. ``augment``: with the
+    training augmentation (the authors' loader), else the plain images. Full batches only.
     """
-    if n_batches < 1:
-        raise ValueError(f"n_batches must be >= 1, got {n_batches}")
+    if n_batches != "all" and not (isinstance(n_batches, int) and n_batches >= 1):
+        raise ValueError(f"scoring batches must be a number >= 1 or 'all', got {n_batches!r}")
     batch_size = min(batch_size, len(splits.train))
     g = torch.Generator().manual_seed(stream_seed(seed, "scoring"))
+    wanted = len(splits.train) // batch_size if n_batches == "all" else n_batches
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
-    while len(out) < n_batches:
+    while len(out) < wanted:
         for xy in batches(splits.train, batch_size, train=True, generator=g, device=device,
-                          mean=splits.mean, std=splits.std, augment=False):
+                          mean=splits.mean, std=splits.std, augment=augment, padding=splits.padding):
             out.append(xy)
-            if len(out) == n_batches:
+            if len(out) == wanted:
                 break
     return out

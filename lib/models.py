@@ -64,16 +64,13 @@ class BasicBlock(nn.Module):
 class PlainBasicBlock(BasicBlock):
     """A ResNet BasicBlock without its residual connection (and without a downsample branch).
 
-    experiments.md writes the block as ``bn2(conv2(relu(bn1(conv1(x)))))``. We keep the final
-    ReLU that torchvision applies after the (here absent) addition, i.e. the block returns
-    ``relu(bn2(conv2(relu(bn1(conv1(x))))))``: without it two convolutions would compose with no
-    non-linearity between blocks, which is not "ResNet-34 minus skips" but a different network.
+    It returns ``bn2(conv2(relu(bn1(conv1(x)))))``, as ``shared/spec/experiments.md`` writes it
+    and as the authors' code does: no ReLU after the block (torchvision's final ReLU belongs to
+    the residual addition, which is gone), so consecutive blocks meet without a non-linearity.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out)  # torchvision's post-addition ReLU, kept (see class docstring)
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
 
 class ResNet(nn.Module):

@@ -79,7 +79,8 @@ def notebook_parameters_spec(notebook: str) -> list[tuple[str, str, object, str]
             if name == "densities":
                 out.append(_DENSITY)
             continue
-        kind = "list" if f.type.startswith("tuple") else f.type
+        # papermill reads simple annotations only: lists for tuples, object for unions
+        kind = "list" if f.type.startswith("tuple") else "object" if "|" in f.type else f.type
         out.append((name, kind, f.default, f.metadata["help"]))
     if notebook != FINAL:
         out.append(_PROGRESS)

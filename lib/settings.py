@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import DATASETS
+from .data import DATASETS, VAL_SPLITS
 from .files import PROFILES, in_repo
 from .models import ARCHS
 from .pruning import check_density, method_of
@@ -28,7 +28,8 @@ from .pruning import check_density, method_of
 # 2: every random source draws from its own stream of the seed (lib.seeds); under 1, Rand's
 #    scores and ERK's draws came from the same generator state as the initial weights.
 # 3: models narrower than width 1 draw Linear weights with std 0.01 / sqrt(width) (was 0.01).
-SCHEMA_VERSION = 3
+# 4: ResNet-34 without skips has no ReLU after a block (as the spec and the authors' code).
+SCHEMA_VERSION = 4
 
 #: The columns that key every tidy table (one row per layer, mask or run).
 KEYS = ["arch", "skip", "width", "dataset", "method", "density", "seed"]
@@ -51,9 +52,12 @@ class PruneSettings:
     seed: int
     skip: bool = True  # ResNet-34 without residual connections when False (paper's Fig. 2)
     width: float = 1.0  # channel multiplier; 1.0 is the paper's model
-    scoring_batches: int = 10  # batches of training data seen by SNIP, GraSP, iterSNIP
+    scoring_batches: int | str = 10  # batches of training data seen by SNIP, GraSP, iterSNIP, or "all"
     scoring_batch_size: int = 256
+    scoring_augment: bool = False  # scoring batches drawn with the training augmentation
     rounds: int = 100  # pruning rounds of SynFlow and iterSNIP
+    synflow_readout: str = "sum"  # SynFlow's R: "sum" of the output, or of its "log_softmax"
+    grasp_temperature: float = 200.0  # GraSP divides the logits by it
 
     def __post_init__(self):
         _check_choice("architecture", self.arch, ARCHS)
@@ -86,6 +90,8 @@ class TrainSettings:
     train_fraction: float = 1.0  # fraction of the (non-validation) training set used
     val_fraction: float = 0.1  # share of the training set held out for validation
     test_fraction: float = 1.0  # share of the test set evaluated (a seeded subsample below 1)
+    val_split: str = "random"  # "random": a seeded share of the training set; "last": its last share
+    val_augment: bool = False  # validation images drawn with the training augmentation
     bf16: bool = False  # bf16 autocast on GPU; changes numerics, so it is part of the hash
 
     def __post_init__(self):
@@ -97,6 +103,7 @@ class TrainSettings:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        _check_choice("val_split", self.val_split, VAL_SPLITS)
 
 
 #: Fields of the recipe that no profile changes (the paper's values).
@@ -109,11 +116,6 @@ class TrainRun:
 
     prune: PruneSettings
     train: TrainSettings = field(default_factory=TrainSettings)
-
-
-def paper_milestones(epochs: int) -> tuple[int, ...]:
-    """The paper's lr decay epochs (160 and 180 of 250), scaled to ``epochs``."""
-    return tuple(max(1, round(epochs * m / 250)) for m in (160, 180))
 
 
 def settings_dict(settings) -> dict:
@@ -157,15 +159,20 @@ class Grid:
     seeds: tuple[int, ...] = param((1,), "seeds: model init, masks, data split and training order")
     metric_width: float = param(0.125, "width of the models whose masks are measured (1.0: as in the paper)")
     train_width: float = param(0.0625, "width of the models that are trained (1.0: as in the paper)")
-    scoring_batches: int = param(1, "training batches seen by SNIP and GraSP")
+    scoring_batches: int | str = param(1, "training batches seen by SNIP, GraSP, iterSNIP, or 'all' (published: all)")
     scoring_batch_size: int = param(32, "images per scoring batch")
-    rounds: int = param(5, "SynFlow pruning rounds (paper: 100)")
+    scoring_augment: bool = param(True, "scoring batches with the training augmentation (published: True)")
+    rounds: int = param(5, "SynFlow and iterSNIP pruning rounds (paper: 100)")
+    synflow_readout: str = param("log_softmax", "SynFlow's R: 'sum' (SynFlow paper) or 'log_softmax' (published masks)")
+    grasp_temperature: float = param(1.0, "GraSP's logit temperature (GraSP paper: 200; published scores: 1)")
     epochs: int = param(1, "training epochs (paper: 250)")
     milestones: tuple[int, ...] = param((1, 1), "epochs at which the learning rate drops 10x (paper: 160, 180)")
     batch_size: int = param(128, "training batch size (paper: 256)")
     lr: float = param(0.1, "initial learning rate (paper: 0.1)")
     train_fraction: float = param(0.02, "fraction of the training set used (1.0: all of it)")
     val_fraction: float = param(0.1, "share of the training set held out for validation")
+    val_split: str = param("last", "'random': a seeded share held out; 'last': the file's last share (published)")
+    val_augment: bool = param(True, "validate on images drawn with the training augmentation (published: True)")
     test_fraction: float = param(0.1, "share of the test set evaluated each epoch (1.0: all of it)")
     bf16: bool = param(False, "bf16 autocast when training on a GPU (changes numerics)")
     runs_dir: str = param("runs/smoke", "where units (masks, training runs, metrics) are kept")

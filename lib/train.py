@@ -119,15 +119,17 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, image_set: data_lib.ImageSet, *, batch_size: int,
-             device, mean, std, autocast=None,
-             memory_format=torch.contiguous_format) -> float:
-    """Accuracy (a fraction in [0, 1]) of ``model`` in eval mode on every image of ``image_set``."""
+             device, mean, std, autocast=None, memory_format=torch.contiguous_format,
+             augment: torch.Generator | None = None, padding: str = "reflect") -> float:
+    """Accuracy (a fraction in [0, 1]) of ``model`` in eval mode on every image of ``image_set``;
+    with a generator as ``augment``, on the images as the training augmentation draws them."""
     if len(image_set) == 0:
         return float("nan")
     model.eval()
     correct = None
     for x, y in data_lib.batches(image_set, batch_size, train=False, device=device, mean=mean,
-                                 std=std, augment=False, memory_format=memory_format):
+                                 std=std, augment=augment is not None, generator=augment,
+                                 memory_format=memory_format, padding=padding):
         with autocast if autocast is not None else contextlib.nullcontext():
             right = (model(x).argmax(1) == y).sum()
         correct = right if correct is None else correct + right
@@ -138,6 +140,9 @@ def evaluate(model: torch.nn.Module, image_set: data_lib.ImageSet, *, batch_size
 
 
 def _check_splits(splits: data_lib.Splits, settings: TrainSettings) -> None:
+    if splits.val_split != settings.val_split:
+        raise ValueError(f"splits were loaded with val_split={splits.val_split!r} but settings say "
+                         f"{settings.val_split!r}; call load_data(..., val_split={settings.val_split!r})")
     for field in ("val_fraction", "train_fraction", "test_fraction"):
         have, want = getattr(splits, field), getattr(settings, field)
         if not math.isclose(have, want):
@@ -216,7 +221,8 @@ class _Loop:
         data = self.data
         batch_iter = data_lib.batches(data.train, self.settings.batch_size, train=True,
                                       generator=self.generator, device=self.device, mean=data.mean,
-                                      std=data.std, augment=True, memory_format=self.memory_format)
+                                      std=data.std, augment=True, memory_format=self.memory_format,
+                                      padding=data.padding)
         stats = train_epoch(self.model, self.optimizer, batch_iter, autocast=self.autocast,
                             on_sync=on_sync, sync_every=self.sync_every)
         progress.update(stats["steps"] - done_steps)
@@ -226,8 +232,9 @@ class _Loop:
             val_acc = test_acc = float("nan")
         else:
             kw = dict(batch_size=self.settings.batch_size * 2, device=self.device, mean=data.mean,
-                      std=data.std, autocast=self.autocast, memory_format=self.memory_format)
-            val_acc = evaluate(self.model, data.val, **kw)
+                      std=data.std, autocast=self.autocast, memory_format=self.memory_format,
+                      padding=data.padding)
+            val_acc = evaluate(self.model, data.val, augment=self.val_augmentation(epoch), **kw)
             test_acc = evaluate(self.model, data.test, **kw)
         self.scheduler.step()
         self.history.append({"epoch": epoch, "train_loss": stats["loss"], "train_acc": stats["acc"],
@@ -236,6 +243,13 @@ class _Loop:
         progress.set_postfix(epoch=epoch, loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}",
                              val=f"{val_acc:.3f}", refresh=False)
         return status
+
+    def val_augmentation(self, epoch: int) -> torch.Generator | None:
+        """The generator of epoch ``epoch``'s validation augmentation (``val_augment``), derived
+        from the seed and the epoch alone, so a resumed run draws the same crops."""
+        if not self.settings.val_augment:
+            return None
+        return torch.Generator().manual_seed(stream_seed(self.identity["seed"], f"val/{epoch}"))
 
     def state(self) -> dict:
         """Everything a resumed run needs to continue exactly where this one is."""

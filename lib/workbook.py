@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from . import store
-from .data import load_data, scoring_batches
+from .data import DATASET_SHAPES, load_data, scoring_batches
 from .files import read_json, read_table, save_torch, write_json, write_table
 from .models import build_model
 from .progress import bar
@@ -37,20 +37,22 @@ STAGES = ("01_pruning", "02_training", "03_spectral")
 # ------------------------------------------------------------------------------ data
 @functools.lru_cache(maxsize=1)  # one dataset at a time: CIFAR splits are hundreds of MB
 def _splits(dataset: str, seed: int, root: Path, val_fraction: float, train_fraction: float,
-            test_fraction: float):
+            test_fraction: float, val_split: str):
     return load_data(dataset, root=root, val_fraction=val_fraction, seed=seed,
-                     train_fraction=train_fraction, test_fraction=test_fraction)
+                     train_fraction=train_fraction, test_fraction=test_fraction, val_split=val_split)
 
 
 def splits_for(grid: Grid, seed: int):
     """The grid's dataset split for ``seed``, loaded once per process while it is asked for."""
     return _splits(grid.dataset, seed, grid.data_root, grid.val_fraction, grid.train_fraction,
-                   grid.test_fraction)
+                   grid.test_fraction, grid.val_split)
 
 
-def _model(s: PruneSettings, splits, meta: bool = False):
-    return build_model(s.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                       skip=s.skip, width=s.width, seed=s.seed, meta=meta)
+def build(s: PruneSettings, meta: bool = False):
+    """The model of a mask's settings, initialised from its seed (or on the meta device)."""
+    num_classes, in_channels = DATASET_SHAPES[s.dataset]
+    return build_model(s.arch, num_classes=num_classes, in_channels=in_channels, skip=s.skip,
+                       width=s.width, seed=s.seed, meta=meta)
 
 
 def keyed(df: pd.DataFrame, key: dict) -> pd.DataFrame:
@@ -59,9 +61,10 @@ def keyed(df: pd.DataFrame, key: dict) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------ masks
-def _method_options(s: PruneSettings, splits) -> dict:
-    """What the grid gives a method, restricted to the options the method accepts."""
-    offered = {"rounds": s.rounds, "progress": False, "input_shape": (splits.in_channels, 32, 32)}
+def _method_options(s: PruneSettings) -> dict:
+    """The settings a method is given: those of its options (:data:`lib.pruning.METHODS`)."""
+    offered = {"rounds": s.rounds, "progress": False, "input_shape": (DATASET_SHAPES[s.dataset][1], 32, 32),
+               "readout": s.synflow_readout, "temperature": s.grasp_temperature}
     return {k: v for k, v in offered.items() if k in method_of(s.method).options}
 
 
@@ -70,7 +73,7 @@ def _cached_scores(root: Path, s: PruneSettings, model, batches) -> dict:
     path = store.scores_file(root, s)
     if path.exists():
         return torch.load(path)
-    scores = score(model, s.method, batches=batches, seed=s.seed)
+    scores = score(model, s.method, batches=batches, seed=s.seed, **_method_options(s))
     save_torch(scores, path)
     return scores
 
@@ -81,16 +84,17 @@ def ensure_mask(grid: Grid, s: PruneSettings) -> Path:
     if store.is_done(grid.root, "mask", s):
         return folder
     method = method_of(s.method)
-    splits = splits_for(grid, s.seed)
     cached = method.density_free and method.cache_scores and method.scorer is not None
     have_scores = cached and store.scores_file(grid.root, s).exists()
     # Only scoring reads the initial weights; shapes (a meta-device model) suffice otherwise,
-    # and initialising a full-size VGG-16 costs over half a second of random draws.
-    model = _model(s, splits, meta=not (method.needs_weights and not have_scores))
+    # and initialising a full-size VGG-16 costs over half a second of random draws. Only
+    # methods that score on data read the dataset: the others need no CIFAR on disk.
+    model = build(s, meta=not (method.needs_weights and not have_scores))
     batches = None
     if method.needs_data and not have_scores:
-        batches = scoring_batches(splits, s.scoring_batches, s.scoring_batch_size, s.seed)
-    options = _method_options(s, splits)
+        batches = scoring_batches(splits_for(grid, s.seed), s.scoring_batches, s.scoring_batch_size,
+                                  s.seed, augment=s.scoring_augment)
+    options = _method_options(s)
     # The masks are saved, not applied: each consumer (training, metrics) applies or reads them.
     if cached:
         masks = compute_masks(model, s.method, s.density, scores=_cached_scores(grid.root, s, model, batches))
@@ -131,7 +135,7 @@ def ensure_trained(grid: Grid, run: TrainRun, progress: bool = True) -> dict:
     s = run.prune
     splits = splits_for(grid, s.seed)
     mask_folder = ensure_mask(grid, s)
-    model = _model(s, splits)
+    model = build(s)
     apply_masks(model, load_masks(mask_folder / store.MASKS, model))
     folder = store.train_dir(grid.root, run)
     write_json(folder / store.SETTINGS, settings_dict(run))

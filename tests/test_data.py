@@ -117,7 +117,8 @@ def test_cifar100_layout(tmp_path, no_md5):
         pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, f)
     s = D.load_data("cifar100", root=tmp_path)
     assert (len(s.train) + len(s.val), len(s.test), s.num_classes) == (300, 50, 100)
-    assert s.mean == D.CIFAR_MEAN  # same normalisation as CIFAR-10, by choice
+    # its own normalisation and zero padding, as the code behind the published numbers
+    assert (s.mean, s.std, s.padding) == (D.CIFAR100_MEAN, D.CIFAR100_STD, "zeros")
 
 
 def test_cifar_archive_is_extracted_without_network(tmp_path, no_md5, no_download):
@@ -256,6 +257,41 @@ def test_augmentation_is_pad_crop_flip_and_deterministic():
         assert found is not None
         flips += found
     assert 0 < flips < len(x)  # both flipped and unflipped images occur
+
+
+def test_val_split_last_is_the_files_last_share_whatever_the_seed(cifar_root):
+    root, written = cifar_root
+    a = D.load_data("cifar10", root=root, val_fraction=0.1, seed=0, val_split="last")
+    b = D.load_data("cifar10", root=root, val_fraction=0.1, seed=5, val_split="last", train_fraction=0.5)
+    n = len(written["labels"])
+    assert torch.equal(a.val.images, b.val.images) and len(a.val) == n // 10
+    assert _index_of(a.val.images) == set(range(n - n // 10, n))
+    assert max(_index_of(b.train.images)) < n - n // 10 and len(b.train) == (n - n // 10) // 2
+    with pytest.raises(ValueError, match="unknown val_split 'first'; choose one of random, last"):
+        D.load_data("cifar10", root=root, val_split="first")
+
+
+def test_zero_padding_crops_show_zeros_where_reflect_shows_pixels():
+    images = torch.full((64, 1, 8, 8), 200, dtype=torch.uint8)
+    part = D.ImageSet(images, torch.zeros(64, dtype=torch.int64))
+    kw = dict(train=False, augment=True, mean=(0.0,), std=(1 / 255,))
+    zeros = torch.cat([x for x, _ in D.batches(part, 64, generator=torch.Generator().manual_seed(0),
+                                               padding="zeros", **kw)])
+    reflect = torch.cat([x for x, _ in D.batches(part, 64, generator=torch.Generator().manual_seed(0), **kw)])
+    assert set(reflect.unique().tolist()) == {200.0}
+    assert set(zeros.unique().tolist()) == {0.0, 200.0}  # some crops reach into the padding
+    assert ((zeros == 0).flatten(1).sum(1) > 0).float().mean() > 0.5  # 8/9 of offsets do
+
+
+def test_scoring_batches_all_is_one_augmented_pass():
+    s = D.load_data("synthetic", synthetic_size=(300, 3, 32, 32))
+    every = D.scoring_batches(s, "all", batch_size=64, seed=7, augment=True)
+    assert len(every) == len(s.train) // 64
+    plain = _normalise(s.train.images, s).reshape(len(s.train), -1)
+    d = torch.cdist(every[0][0].reshape(64, -1), plain, compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+    assert d.max() > 1e-3  # crops and flips, not the stored images
+    with pytest.raises(ValueError, match="a number >= 1 or 'all'"):
+        D.scoring_batches(s, "some", 64, seed=7)
 
 
 def test_scoring_batches():

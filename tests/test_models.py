@@ -100,8 +100,8 @@ def test_resnet_without_skips_has_no_downsample_and_blocks_have_no_residual():
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     block, x = model.layer1[0], torch.randn(2, 16, 8, 8)
-    expected = torch.relu(block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x))))))
-    assert torch.allclose(block(x), expected)
+    expected = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))  # spec: no ReLU after it
+    assert torch.allclose(block(x), expected) and (block(x) < 0).any()
     skip_block = with_skip.eval().layer1[0]
     assert not torch.allclose(skip_block(x), torch.relu(skip_block.bn2(skip_block.conv2(torch.relu(skip_block.bn1(skip_block.conv1(x)))))))
 

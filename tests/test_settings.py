@@ -82,7 +82,8 @@ def test_unit_settings_take_their_options_from_the_grid_by_name():
     (mask, *_) = grid.metric_masks(0.1)
     assert (mask.rounds, mask.scoring_batches) == (7, 3)
     assert grid.train_settings() == TrainSettings(epochs=4, batch_size=128, lr=0.05, milestones=(2, 3),
-                                                  train_fraction=0.02, val_fraction=0.1, test_fraction=0.1)
+                                                  train_fraction=0.02, val_fraction=0.1, test_fraction=0.1,
+                                                  val_split="last", val_augment=True)
     # Every option of a unit is a grid parameter, or a constant of the paper's recipe.
     options = {f.name for f in dataclasses.fields(PruneSettings)} - set(MASK_KEYS)
     recipe = {f.name for f in dataclasses.fields(TrainSettings)} - set(RECIPE_CONSTANTS)
@@ -93,9 +94,9 @@ def test_run_folder_hash_is_pinned():
     # If this fails, every existing run folder would be re-labelled: bump SCHEMA_VERSION on
     # purpose (and update the pinned values) only when a setting's meaning changes.
     prune = PruneSettings(arch="resnet34", dataset="cifar10", method="SNIP", density=0.05, seed=1)
-    assert SCHEMA_VERSION == 3
-    assert settings_hash(prune) == "ec3630072d80"
-    assert settings_hash(TrainRun(prune=prune, train=TrainSettings())) == "439202dc5444"
+    assert SCHEMA_VERSION == 4
+    assert settings_hash(prune) == "3c4f0dd9c39b"
+    assert settings_hash(TrainRun(prune=prune, train=TrainSettings())) == "a355b68d3c22"
 
 
 def test_hash_covers_every_field_including_defaults():

@@ -131,6 +131,21 @@ def test_resume_gives_the_same_history(splits, full_run, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(history(tmp_path / "c"), history(full_dir), check_exact=True)
 
 
+def test_validation_with_the_training_augmentation_resumes_exactly(splits, tmp_path):
+    import dataclasses
+
+    settings = dataclasses.replace(SETTINGS, val_augment=True)
+    whole = T.train(pruned_tiny(), splits, settings, tmp_path / "whole", seed=1, progress=False)
+    T.train(pruned_tiny(), splits, settings, tmp_path / "part", seed=1, progress=False, stop_after=2)
+    T.train(pruned_tiny(), splits, settings, tmp_path / "part", seed=1, progress=False)
+    pd.testing.assert_frame_equal(history(tmp_path / "part"), history(tmp_path / "whole"), check_exact=True)
+    plain = T.train(pruned_tiny(), splits, SETTINGS, tmp_path / "plain", seed=1, progress=False)
+    # same training, but the validation images are crops and flips: other accuracies
+    assert history(tmp_path / "whole")["train_loss"].equals(history(tmp_path / "plain")["train_loss"])
+    assert not history(tmp_path / "whole")["val_acc"].equals(history(tmp_path / "plain")["val_acc"])
+    assert whole["status"] == plain["status"] == "done"
+
+
 def test_finished_run_is_not_retrained(splits, full_run):
     run_dir, result = full_run
     before = (run_dir / "history.csv").stat().st_mtime_ns

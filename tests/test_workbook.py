@@ -163,7 +163,7 @@ def test_a_method_added_to_the_registry_runs_through_grid_units_and_plots(tmp_pa
     (s,) = grid.metric_masks(0.1)
     masks = pruning.load_masks(workbook.ensure_mask(grid, s) / store.MASKS)
     assert seen == {"rounds": 3, "on_meta": False}
-    model = workbook._model(s, workbook.splits_for(grid, s.seed))
+    model = workbook.build(s)
     weights = torch.cat([m.weight.detach().abs().flatten() for m in pruning.prunable_layers(model).values()])
     kept = torch.cat([masks[n].flatten() for n in masks])
     assert weights[kept].min() >= weights[~kept].max()  # the largest weights, globally
