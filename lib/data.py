@@ -255,6 +255,19 @@ def _synthetic(size: Sequence[int], num_classes: int):
     return (*make(n), *make(max(n // 4, num_classes)), num_classes)
 
 
+def on_disk(name: str, root: str | os.PathLike | None = None) -> bool:
+    """Whether ``name`` can be loaded without a download (files present; not verified here)."""
+    root = Path(root) if root is not None else DATA
+    if name in ("cifar10", "cifar100"):
+        cls = _cifar_class(name)
+        return (root / cls.base_folder).is_dir() or (root / cls.filename).is_file()
+    if name == "fashion-mnist":
+        raw = root / "FashionMNIST" / "raw"
+        return all((raw / f).exists() or (raw / f"{f}.gz").exists() or (DEBIAN_FASHION_MNIST / f"{f}.gz").exists()
+                   for f in FASHION_FILES)
+    return name in DATASETS
+
+
 # --------------------------------------------------------------------------- load_data
 
 

@@ -44,8 +44,12 @@ FIGURES[5] = ("Accuracy, IMDB and randomness", *FIGURES[3][1:])  # Fig. 3 on CIF
 
 
 def palette(methods) -> dict:
-    ordered = [m for m in METHODS if m in set(methods)] + sorted(set(methods) - set(METHODS))
-    return dict(zip(ordered, sns.color_palette("tab10", len(ordered))))
+    """A colour per method, fixed by its place in the registry (the same in every figure)."""
+    known = list(METHODS)
+    ordered = [m for m in known if m in set(methods)] + sorted(set(methods) - set(known))
+    colors = sns.color_palette("tab10", len(known) + len(ordered))
+    extra = iter(colors[len(known):])
+    return {m: colors[known.index(m)] if m in known else next(extra) for m in ordered}
 
 
 def _variant(arch: str, skip: bool) -> str:
@@ -71,7 +75,9 @@ def paper_figure(results: pd.DataFrame, number: int, dataset: str) -> plt.Figure
     if number not in FIGURES:
         raise ValueError(f"the paper has Figures 1-5, got {number!r}")
     title, rows, cols = FIGURES[number]
-    df = results[results["dataset"] == dataset]
+    df = results[results["dataset"] == dataset].copy()
+    if "status" in df:  # a run that diverged (or sits at chance) has no accuracy to draw
+        df.loc[df["status"] != "done", [c for c in ("test_acc", "val_acc") if c in df]] = float("nan")
     colors = palette(df["method"].unique())
     if number == 2:  # one row, the two variants side by side
         panels = [[(arch, skip, cols[0]) for arch, skip in rows]]
@@ -190,10 +196,13 @@ def figure_numbers(datasets) -> dict[str, list[int]]:
 
 
 def draw_all(results: pd.DataFrame, folder: str | Path) -> list[Path]:
-    """Draw and save every figure the results support; return the PNG paths."""
+    """Draw and save every figure the results support; return the PNG paths. Figure 2 needs
+    ResNet-34 without skips: it is left out where the results have none."""
     written = []
     for dataset, numbers in figure_numbers(sorted(results["dataset"].dropna().unique())).items():
         for n in numbers:
+            if n == 2 and not (~results["skip"].astype(bool)).any():
+                continue
             fig = paper_figure(results, n, dataset)
             written.append(save(fig, folder, f"fig{n}_{dataset}")[0])
             plt.close(fig)
@@ -273,4 +282,37 @@ def tau_by_density(table: pd.DataFrame, metric: str = "imdb_norm", dataset: str 
     fig.suptitle(f"Does {LABELS.get(metric, metric)} rank methods beyond layer-wise density?"
                  + (f" ({dataset})" if dataset else ""), fontsize=11)
     fig.tight_layout(rect=(0, 0.07 if panels > 1 else 0.13, 1, 1))
+    return fig
+
+
+def own_vs_published(table: pd.DataFrame, quantities=("delta_r_norm", "imdb_norm", "narc", "mu_hat")) -> plt.Figure:
+    """The workbook's value of each cell against the authors' mean, one panel per quantity,
+    from :func:`lib.reproduction.compare`: bars are the 95% prediction interval of one more
+    seed of theirs (:func:`lib.reproduction.half_width`); on the diagonal = reproduced."""
+    from .reproduction import half_width
+
+    t = table[table["quantity"].isin(quantities) & table["own"].notna() & table["published_mean"].notna()]
+    colors = palette(t["method"].unique())
+    markers = {"resnet34": "o", "vgg16": "s"}
+    fig, axes = plt.subplots(1, len(quantities), figsize=(3.9 * len(quantities), 3.9), squeeze=False)
+    for ax, q in zip(axes[0], quantities):
+        sub = t[t["quantity"] == q]
+        for r in sub.itertuples():
+            err = half_width(r.published_sd, int(r.published_seeds), int(r.own_seeds))
+            ax.errorbar(r.published_mean, r.own, xerr=err, fmt=markers.get(r.arch, "^"), color=colors[r.method],
+                        ms=4.5, mfc="white" if r.verdict == "outside" else colors[r.method], elinewidth=0.8)
+        if len(sub):
+            lo = min(sub["published_mean"].min(), sub["own"].min())
+            hi = max(sub["published_mean"].max(), sub["own"].max())
+            ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, zorder=0)
+        ax.set(xlabel=f"published mean ({LABELS.get(q, q)})", ylabel=f"this workbook ({LABELS.get(q, q)})")
+        ax.set_title(LABELS.get(q, q), fontsize=10)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=c, marker="o", ls="none", label=m) for m, c in colors.items()]
+    handles += [Line2D([], [], color="0.3", marker=mk, ls="none", label=_variant(a, True)) for a, mk in markers.items()]
+    handles += [Line2D([], [], color="0.3", marker="o", ls="none", mfc="white", label="outside the seed spread")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8.5,
+               bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle("Own masks against the published record (same settings, full size)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig

@@ -59,10 +59,13 @@ TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "fashion-mnist": 60_000, 
 
 # ------------------------------------------------------------------------------ notebooks
 FINAL = "04_figures"
-NOTEBOOK_ORDER = (*workbook.STAGES, FINAL)
+REPRODUCTION = "05_reproduction"
+FINALS = (FINAL, REPRODUCTION)  # run once, in the submitting process, when every job is done
+NOTEBOOK_ORDER = (*workbook.STAGES, *FINALS)
 # Parameters a notebook has beside the grid's, with their literal defaults and help.
 _DENSITY = ("density", "float", 0.1, "fraction of weights kept; one density per papermill run")
 _PROGRESS = ("progress", "bool", True, "show progress bars (the runner turns them off under papermill)")
+_RECORD = ("record_datasets", "list", ["cifar10"], "datasets of the published record to compare with: cifar10, cifar100")
 
 
 def notebook_parameters_spec(notebook: str) -> list[tuple[str, str, object, str]]:
@@ -75,13 +78,15 @@ def notebook_parameters_spec(notebook: str) -> list[tuple[str, str, object, str]
         raise ValueError(f"unknown notebook {notebook!r}; choose one of {', '.join(NOTEBOOK_ORDER)}")
     out = []
     for name, f in grid_fields().items():
-        if notebook != FINAL and name in ("densities", "figures_dir"):
+        if notebook not in FINALS and name in ("densities", "figures_dir"):
             if name == "densities":
                 out.append(_DENSITY)
             continue
         # papermill reads simple annotations only: lists for tuples, object for unions
         kind = "list" if f.type.startswith("tuple") else "object" if "|" in f.type else f.type
         out.append((name, kind, f.default, f.metadata["help"]))
+    if notebook == REPRODUCTION:
+        out.append(_RECORD)
     if notebook != FINAL:
         out.append(_PROGRESS)
     return out
@@ -143,8 +148,15 @@ def execute(notebook: str, grid: Grid, output: Path, **extra) -> Path:
     return output
 
 
-def final_notebook(grid: Grid) -> Path:
-    return grid.root / "notebooks" / f"{FINAL}.ipynb"
+def final_notebook(grid: Grid, notebook: str = FINAL) -> Path:
+    return grid.root / "notebooks" / f"{notebook}.ipynb"
+
+
+def run_finals(grid: Grid) -> Path:
+    """Notebooks 04 and 05 (figures and claims, then the reproduction report); 04's output."""
+    for notebook in FINALS:
+        execute(notebook, grid, final_notebook(grid, notebook))
+    return final_notebook(grid)
 
 
 def run_inprocess(grid: Grid, progress: bool = True) -> Path:
@@ -154,7 +166,7 @@ def run_inprocess(grid: Grid, progress: bool = True) -> Path:
     todo = [(nb, d) for d in grid.densities for nb in workbook.STAGES]
     for nb, density in bar(todo, enabled=progress, desc=grid.profile):
         execute(nb, grid, out_dir / f"d{density:g}" / f"{nb}.ipynb", density=density)
-    return execute(FINAL, grid, final_notebook(grid))
+    return run_finals(grid)
 
 
 @contextlib.contextmanager
@@ -702,8 +714,8 @@ class GridRun:
 
 
 def _figures_stale(grid: Grid) -> bool:
-    """Whether 04 has not run since the last job finished."""
-    out = final_notebook(grid)
+    """Whether 04 and 05 have not run since the last job finished (05 runs last)."""
+    out = final_notebook(grid, FINALS[-1])
     if not out.exists():
         return True
     states = [job_dir(grid, s) / store.JOB_STATE for s in jobs(grid)]
@@ -742,7 +754,7 @@ def run_grid(grid: Grid, options: Options, progress: bool = True, wait: bool = T
     table = status(grid)
     final = None
     if figures and (table["state"] == "done").all() and _figures_stale(grid):
-        final = execute(FINAL, grid, final_notebook(grid))
+        final = run_finals(grid)
     return GridRun(submitted=todo, alive=alive, status=table, figures=final)
 
 

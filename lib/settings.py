@@ -177,7 +177,7 @@ class Grid:
     bf16: bool = param(False, "bf16 autocast when training on a GPU (changes numerics)")
     runs_dir: str = param("runs/smoke", "where units (masks, training runs, metrics) are kept")
     data_dir: str = param("data", "where datasets are found or downloaded")
-    figures_dir: str = param("runs/smoke/figures", "where 04 writes figures and the claims table")
+    figures_dir: str = param("runs/smoke/figures", "where 04 and 05 write figures and tables")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # YAML and papermill hand over lists

@@ -94,9 +94,9 @@ def test_local_executor_gives_the_inprocess_tables(tmp_path, capsys, monkeypatch
     finals, execute = [], scaleout.execute
 
     def record_final(notebook, g, output, **extra):
-        if notebook != scaleout.FINAL:
+        if notebook not in scaleout.FINALS:
             return execute(notebook, g, output, **extra)
-        finals.append((output, scaleout.counts(scaleout.status(g))["done"]))
+        finals.append((notebook, scaleout.counts(scaleout.status(g))["done"]))
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text("{}")
         return output
@@ -108,7 +108,7 @@ def test_local_executor_gives_the_inprocess_tables(tmp_path, capsys, monkeypatch
     specs = scaleout.jobs(grid)
     assert labels(out.submitted) == labels(specs) == ["resnet34-synthetic-d0.1-s1", "resnet34-synthetic-d0.4-s1"]
     assert out.complete and out.figures == scaleout.final_notebook(grid)
-    assert finals == [(scaleout.final_notebook(grid), 2)]  # 04 once, after both jobs were done
+    assert finals == [("04_figures", 2), ("05_reproduction", 2)]  # once, after both jobs were done
     for spec in specs:
         folder = scaleout.job_dir(grid, spec)
         assert all((folder / f"{nb}.ipynb").exists() for nb in workbook.STAGES)  # papermill ran them
@@ -129,7 +129,7 @@ def test_local_executor_gives_the_inprocess_tables(tmp_path, capsys, monkeypatch
     files = [p for p in grid.root.rglob("*") if p.suffix in (".pt", ".json", ".csv", ".ipynb")]
     before = {p: p.stat().st_mtime_ns for p in files}
     again = scaleout.run_grid(grid, options, progress=False)
-    assert again.submitted == [] and again.figures is None and again.complete and len(finals) == 1
+    assert again.submitted == [] and again.figures is None and again.complete and len(finals) == 2
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
     capsys.readouterr()
