@@ -385,7 +385,7 @@ def tables(folder: str | Path = FOLDER) -> dict[str, pd.DataFrame]:
     ``masks`` (one row per mask, as :func:`lib.workbook.mask_summaries`), ``runs`` (one row
     per training run, the reported accuracy being the test accuracy at the first epoch of best
     validation accuracy),
-    ``results`` (runs joined with masks as collect does, ``train_width = metric_width = 1``),
+    ``results`` (runs joined with masks as collect does; every model is full width),
     ``histories`` (learning curves), ``missing`` (units the release lacks) and ``anomalies``
     (one row per flagged cell and kind: ``chance``, ``realized_density``, ``missing``,
     ``older_summary``, with a reason). ``runs`` and ``results`` carry ``anomaly``: the kinds
@@ -444,3 +444,21 @@ def authors_summary(layers: pd.DataFrame, runs: pd.DataFrame, dataset: str = "ci
     out["acc"], out["acc_std"] = acc.mean(), acc.std(ddof=1)
     table = pd.DataFrame(out).loc[total.index]  # the cells with layers, in sorted order
     return table.rename_axis(["model_type", "prune_type", "global_density"]).reset_index()
+
+
+# ------------------------------------------------------------------------------ controls
+CONTROLS = "controls.csv.gz"  # derived by this workbook (lib.controls), not part of the release
+
+
+def write_controls(table: pd.DataFrame, folder: str | Path = FOLDER) -> Path:
+    """Write the density-matched controls of the record's masks (byte-identical for the same table)."""
+    return _write_gzip(Path(folder) / CONTROLS, _csv_bytes(table))
+
+
+def controls(folder: str | Path = FOLDER) -> pd.DataFrame | None:
+    """The density-matched controls of the record's masks (``scripts/published_controls.py``),
+    one row per control layer with ``control`` and ``draw``; ``None`` if not computed."""
+    path = Path(folder) / CONTROLS
+    if not path.is_file():
+        return None
+    return pd.read_csv(path).astype({"skip": bool, "seed": np.int64, "density": float})

@@ -118,6 +118,18 @@ class TrainRun:
     train: TrainSettings = field(default_factory=TrainSettings)
 
 
+@dataclass(frozen=True)
+class ControlSet:
+    """One controls unit: ``draws`` density-matched random masks of a mask (:mod:`lib.controls`)."""
+
+    prune: PruneSettings
+    draws: int = 1
+
+    def __post_init__(self):
+        if self.draws < 1:
+            raise ValueError(f"draws must be >= 1, got {self.draws}")
+
+
 def settings_dict(settings) -> dict:
     """All fields of a settings dataclass (nested ones included), as plain JSON types."""
     return json.loads(json.dumps(dataclasses.asdict(settings)))
@@ -157,7 +169,7 @@ class Grid:
                                      "pruning methods: names in lib.pruning.METHODS")
     densities: tuple[float, ...] = param((0.1, 0.4), "densities of the grid (the x axis of the figures)")
     seeds: tuple[int, ...] = param((1,), "seeds: model init, masks, data split and training order")
-    metric_width: float = param(0.125, "width of the models whose masks are measured (1.0: as in the paper)")
+    metric_width: float = param(0.0625, "width of the models whose masks are measured (1.0: as in the paper)")
     train_width: float = param(0.0625, "width of the models that are trained (1.0: as in the paper)")
     scoring_batches: int | str = param(1, "training batches seen by SNIP, GraSP, iterSNIP, or 'all' (published: all)")
     scoring_batch_size: int = param(32, "images per scoring batch")
@@ -175,6 +187,7 @@ class Grid:
     val_augment: bool = param(True, "validate on images drawn with the training augmentation (published: True)")
     test_fraction: float = param(0.1, "share of the test set evaluated each epoch (1.0: all of it)")
     bf16: bool = param(False, "bf16 autocast when training on a GPU (changes numerics)")
+    control_draws: int = param(1, "density-matched random masks measured per mask (lib.controls; 0: none)")
     runs_dir: str = param("runs/smoke", "where units (masks, training runs, metrics) are kept")
     data_dir: str = param("data", "where datasets are found or downloaded")
     figures_dir: str = param("runs/smoke/figures", "where 04 and 05 write figures and tables")
@@ -257,6 +270,11 @@ class Grid:
     def train_runs(self, density: float) -> list[TrainRun]:
         train = self.train_settings()
         return [TrainRun(prune=s, train=train) for s in self.train_masks(density)]
+
+    def control_sets(self, density: float) -> list[ControlSet]:
+        if self.control_draws < 1:
+            return []
+        return [ControlSet(s, self.control_draws) for s in self.metric_masks(density)]
 
 
 def grid_fields() -> dict[str, dataclasses.Field]:

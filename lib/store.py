@@ -12,6 +12,7 @@ unit       where                                         done when it holds
 mask       ``masks/<label>-<hash>/``                     ``masks.pt`` (written last), beside
                                                          ``densities.csv``, ``settings.json``
 metrics    the mask's folder                             ``layers.m<METRICS_VERSION>.csv``
+controls   the mask's folder                             ``controls<draws>.m<METRICS_VERSION>.csv``
 training   ``train/<label>-<hash>/``                     ``result.json`` (only a finished run
                                                          writes it), beside ``history.csv``,
                                                          ``checkpoint.pt``, ``settings.json``
@@ -27,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .settings import PruneSettings, TrainRun, settings_hash
+from .settings import ControlSet, PruneSettings, TrainRun, settings_hash
 from .spectral import METRICS_VERSION
 
 MASKS = "masks.pt"
@@ -40,7 +41,7 @@ RESULT = "result.json"
 FINISHED = ("done", "diverged")  # result.json statuses of a run that is not trained again
 JOB_STATE, JOB_SUBMISSION, JOB_LOG = "state.json", "submission.json", "job.log"
 TABLES = "tables"
-UNITS = ("mask", "metrics", "training")
+UNITS = ("mask", "metrics", "controls", "training")
 
 
 def label(s: PruneSettings) -> str:
@@ -82,17 +83,25 @@ def submitit_dir(root: Path | str) -> Path:
     return Path(root) / "jobs" / "submitit"
 
 
-def unit_file(root: Path | str, unit: str, settings: PruneSettings | TrainRun) -> Path:
-    """The file whose presence marks ``unit`` (``mask``, ``metrics``, ``training``) done."""
+def controls_file(root: Path | str, c: ControlSet) -> Path:
+    """The metrics of a mask's density-matched controls (one row per control layer)."""
+    return mask_dir(root, c.prune) / f"controls{c.draws}.m{METRICS_VERSION}.csv"
+
+
+def unit_file(root: Path | str, unit: str, settings: PruneSettings | TrainRun | ControlSet) -> Path:
+    """The file whose presence marks ``unit`` (``mask``, ``metrics``, ``controls``,
+    ``training``) done."""
     if unit == "mask":
         return mask_dir(root, settings) / MASKS
     if unit == "metrics":
         return mask_dir(root, settings) / LAYER_METRICS
+    if unit == "controls":
+        return controls_file(root, settings)
     if unit == "training":
         return train_dir(root, settings) / RESULT
     raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNITS)}")
 
 
-def is_done(root: Path | str, unit: str, settings: PruneSettings | TrainRun) -> bool:
+def is_done(root: Path | str, unit: str, settings: PruneSettings | TrainRun | ControlSet) -> bool:
     """Whether ``unit`` of ``settings`` is finished (from its files, never from a state file)."""
     return unit_file(root, unit, settings).exists()

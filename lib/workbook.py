@@ -6,7 +6,9 @@ A grid (:class:`lib.settings.Grid`) comes in units, each kept in the run folder
 * a **mask** per (architecture, skip, method, density, seed, width) -- :func:`ensure_mask`;
   density-free scores (:data:`lib.pruning.METHODS`) are computed once per seed and cached;
 * a **training run** per mask at ``train_width`` -- :func:`ensure_trained` (:mod:`lib.train`);
-* **metrics** per mask at ``metric_width`` -- :func:`ensure_metrics` (:mod:`lib.spectral`).
+* **metrics** per mask at ``metric_width`` -- :func:`ensure_metrics` (:mod:`lib.spectral`);
+* **controls** per measured mask: the metrics of ``control_draws`` random masks with exactly
+  its per-layer kept counts -- :func:`ensure_controls` (:mod:`lib.controls`).
 
 Notebooks 01-03 call :func:`prune_density`, :func:`train_density` and :func:`metrics_density`
 for one density each; :func:`collect` gathers every unit of the grid into tidy tables (one row
@@ -21,12 +23,13 @@ import pandas as pd
 import torch
 
 from . import store
+from .controls import layer_counts, mask_controls
 from .data import DATASET_SHAPES, load_data, scoring_batches
 from .files import read_json, read_table, save_torch, write_json, write_table
 from .models import build_model
 from .progress import bar
 from .pruning import apply_masks, compute_masks, layer_densities, load_masks, method_of, save_masks, score
-from .settings import KEYS, Grid, PruneSettings, TrainRun, settings_dict
+from .settings import KEYS, ControlSet, Grid, PruneSettings, TrainRun, settings_dict
 from .spectral import model_metrics, summarize
 from .train import train
 
@@ -181,9 +184,30 @@ def ensure_metrics(grid: Grid, s: PruneSettings) -> pd.DataFrame:
 
 
 def metrics_density(grid: Grid, density: float, progress: bool = True) -> pd.DataFrame:
-    """Per-layer metrics of every metric-width mask of ``density`` (one row per layer)."""
+    """Per-layer metrics of every metric-width mask of ``density`` (one row per layer), and
+    of their density-matched controls (:func:`controls_density`)."""
     units = bar(grid.metric_masks(density), enabled=progress, desc=f"metrics d={density:g}")
-    return pd.concat([ensure_metrics(grid, s) for s in units], ignore_index=True)
+    layers = pd.concat([ensure_metrics(grid, s) for s in units], ignore_index=True)
+    controls_density(grid, density, progress=progress)
+    return layers
+
+
+def ensure_controls(grid: Grid, c: ControlSet) -> pd.DataFrame:
+    """The metrics of a mask's density-matched controls (computed once, then read back)."""
+    path = store.controls_file(grid.root, c)
+    if path.exists():
+        return read_table(path)
+    layers = ensure_metrics(grid, c.prune)
+    table = mask_controls(c.prune.key(), layer_counts(layers), draws=c.draws)
+    write_table(table, path)
+    return table
+
+
+def controls_density(grid: Grid, density: float, progress: bool = True) -> pd.DataFrame:
+    """Controls of every metric-width mask of ``density`` (one row per control layer)."""
+    units = bar(grid.control_sets(density), enabled=progress, desc=f"controls d={density:g}")
+    frames = [ensure_controls(grid, c) for c in units]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 # ------------------------------------------------------------------------------ stages
@@ -194,7 +218,7 @@ def stage_units(grid: Grid, density: float, stage: str) -> list[tuple[str, Prune
     if stage == "02_training":
         return [("training", r) for r in grid.train_runs(density)]
     if stage == "03_spectral":
-        return [("metrics", s) for s in grid.metric_masks(density)]
+        return [("metrics", s) for s in grid.metric_masks(density)] + [("controls", c) for c in grid.control_sets(density)]
     raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
 
 
@@ -207,11 +231,6 @@ STAGE_FUNCTIONS = {"01_pruning": prune_density, "02_training": train_density, "0
 
 
 # ------------------------------------------------------------------------------ tables
-# What joins a training run to the metrics of its mask: the keys without the width, since
-# the trained and the measured models may differ in width.
-JOIN = [k for k in KEYS if k != "width"]
-
-
 def mask_summaries(layers: pd.DataFrame, by: list[str] = KEYS) -> pd.DataFrame:
     """One row per mask (per group of ``by``): its keys and the model-level aggregates of its
     per-layer metrics (:func:`lib.spectral.summarize`)."""
@@ -220,12 +239,16 @@ def mask_summaries(layers: pd.DataFrame, by: list[str] = KEYS) -> pd.DataFrame:
 
 
 def join_results(runs: pd.DataFrame, masks: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` joined with ``masks`` on :data:`JOIN` (``train_width``/``metric_width`` say
-    which models each side used); empty where either side is."""
-    if not (len(masks) and len(runs)):
+    """``runs`` joined with ``masks`` on every key, width included: a row holds the accuracy
+    and the metrics of one and the same mask. Where a grid trains one width and measures
+    another, accuracies and metrics stay on separate rows (nothing correlates them)."""
+    if not (len(masks) or len(runs)):
         return pd.DataFrame()
-    return runs.rename(columns={"width": "train_width"}).merge(
-        masks.rename(columns={"width": "metric_width"}), on=JOIN, how="outer", suffixes=("", "_mask"))
+    if not len(runs):
+        return masks
+    if not len(masks):
+        return runs
+    return runs.merge(masks, on=KEYS, how="outer", suffixes=("", "_mask"))
 
 
 def collect(grid: Grid) -> dict[str, pd.DataFrame]:
@@ -233,12 +256,19 @@ def collect(grid: Grid) -> dict[str, pd.DataFrame]:
 
     ``layers``: one row per (mask, layer) with the graph metrics; ``masks``: one row per
     measured mask (:func:`mask_summaries`); ``runs``: one row per training run; ``results``:
-    ``runs`` joined with ``masks`` (:func:`join_results`); ``missing``: the units not finished
-    yet. Units are found from the grid's settings, so folders of other settings in the same
-    ``runs_dir`` are never mixed in.
+    ``runs`` joined with ``masks`` (:func:`join_results`); ``controls``: one row per layer of
+    each mask's density-matched controls; ``missing``: the units not finished yet. Units are
+    found from the grid's settings, so folders of other settings in the same ``runs_dir`` are
+    never mixed in.
     """
-    layer_frames, run_rows, missing = [], [], []
+    layer_frames, control_frames, run_rows, missing = [], [], [], []
     for density in grid.densities:
+        for c in grid.control_sets(density):
+            path = store.unit_file(grid.root, "controls", c)
+            if path.exists():
+                control_frames.append(read_table(path))
+            else:
+                missing.append({**c.prune.key(), "unit": "controls", "folder": str(path.parent)})
         for s in grid.metric_masks(density):
             path = store.unit_file(grid.root, "metrics", s)
             if path.exists():
@@ -254,8 +284,9 @@ def collect(grid: Grid) -> dict[str, pd.DataFrame]:
     layers = pd.concat(layer_frames, ignore_index=True) if layer_frames else pd.DataFrame()
     masks = mask_summaries(layers) if len(layers) else pd.DataFrame()
     runs = pd.DataFrame(run_rows)
+    controls = pd.concat(control_frames, ignore_index=True) if control_frames else pd.DataFrame()
     return {"layers": layers, "masks": masks, "runs": runs, "results": join_results(runs, masks),
-            "missing": pd.DataFrame(missing)}
+            "controls": controls, "missing": pd.DataFrame(missing)}
 
 
 def write_tables(tables: dict[str, pd.DataFrame], folder: str | Path) -> dict[str, Path]:
