@@ -20,12 +20,16 @@ class _Silent:
     def close(self) -> None:
         pass
 
+    def write(self, line: str) -> None:
+        pass
+
 
 def bar(iterable=None, *, enabled: bool = True, **kwargs):
     """``tqdm.auto.tqdm(iterable, **kwargs)``, or a silent stand-in when not ``enabled``.
 
-    Either way the result iterates over ``iterable`` and has ``update``, ``set_postfix`` and
-    ``close``, so callers never branch on whether a bar is shown.
+    Either way the result iterates over ``iterable`` and has ``update``, ``set_postfix``,
+    ``write`` (a line above the bar) and ``close``, so callers never branch on whether a bar
+    is shown.
     """
     if not enabled:
         return _Silent(iterable)

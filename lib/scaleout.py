@@ -134,6 +134,26 @@ def notebook_parameters(notebook: str, values: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k in declared}
 
 
+def _ipc_kernel_manager():
+    """A kernel manager whose kernels talk over local IPC sockets instead of TCP: nothing
+    listens on a network port, and ipykernel does not warn about unencrypted TCP."""
+    import itertools
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    count = itertools.count()
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.transport = "ipc"
+            # socket files (removed at shutdown) in the temp folder, not the working directory
+            self.ip = str(Path(tempfile.gettempdir()) / f"pai-kernel-{os.getpid()}-{next(count)}")
+
+    return IPCKernelManager
+
+
 def execute(notebook: str, grid: Grid, output: Path, **extra) -> Path:
     """Run one notebook with papermill, with the grid's parameters (and ``extra``)."""
     import papermill
@@ -142,7 +162,7 @@ def execute(notebook: str, grid: Grid, output: Path, **extra) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         papermill.execute_notebook(str(NOTEBOOKS / f"{notebook}.ipynb"), str(output), parameters=params,
-                                   cwd=str(REPO), progress_bar=False)
+                                   cwd=str(REPO), progress_bar=False, kernel_manager_class=_ipc_kernel_manager())
     except papermill.PapermillExecutionError as err:  # the kernel's traceback is in ``output``
         raise NotebookError(err.ename, err.evalue, output) from None
     return output
@@ -617,6 +637,19 @@ def _settle(grid: Grid, sub: Submitted) -> str:
     return state.get("state", "failed")
 
 
+def _status_line(grid: Grid, spec: JobSpec, state: str) -> str:
+    """One line for a job that has ended: its state, label, wall time, and the error's line."""
+    record = read_state(job_dir(grid, spec)) or {}
+    seconds = ""
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        took = datetime.datetime.fromisoformat(record["finished"]) - datetime.datetime.fromisoformat(record["started"])
+        seconds = f" in {took.total_seconds():.0f} s"
+    line = f"{state:6} {spec.label}{seconds}"
+    if state != "done" and record.get("error"):
+        line += f": {record['error']} (details: {record.get('log', job_dir(grid, spec) / store.JOB_LOG)})"
+    return line
+
+
 def _local_gpus(options: Options) -> tuple[str, ...]:
     """GPU ids for local jobs: ``options.gpus``, else this process's visible GPUs (their
     ``CUDA_VISIBLE_DEVICES`` names, so that a restricted set stays restricted)."""
@@ -656,7 +689,7 @@ def _run_local(grid: Grid, todo: list[JobSpec], options: Options, progress: bool
         while queue or running:
             for slot, sub in list(running.items()):
                 if sub.job.done():
-                    _settle(grid, sub)
+                    shown.write(_status_line(grid, sub.spec, _settle(grid, sub)))
                     finished.append(running.pop(slot))
                     shown.update(1)
             for slot in range(options.jobs_at_a_time):
@@ -681,7 +714,7 @@ def _wait(grid: Grid, submitted: list[Submitted], options: Options, progress: bo
     try:
         while pending:
             for sub in [s for s in pending if s.job.done()]:
-                _settle(grid, sub)
+                shown.write(_status_line(grid, sub.spec, _settle(grid, sub)))
                 pending.remove(sub)
                 shown.update(1)
             if pending:
