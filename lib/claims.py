@@ -157,7 +157,7 @@ def _two_sided(null: np.ndarray, s_obs: float) -> float:
 
 
 @dataclass
-class Test:
+class Outcome:
     """A statistic with its permutation p-value and how that was found."""
 
     value: float
@@ -174,7 +174,7 @@ def _keyed_rng(seed: int, *keys) -> np.random.Generator:
 
 
 def stratified_tau(strata: list[tuple[np.ndarray, np.ndarray]], n_perm: int = N_PERM,
-                   rng: np.random.Generator | None = None) -> Test:
+                   rng: np.random.Generator | None = None) -> Outcome:
     """Kendall's tau over pairs within each stratum only: ``sum S_d / sum D_d``, with its
     two-sided permutation p-value (each stratum's ``y`` permuted over its ``x``, independently).
 
@@ -189,14 +189,14 @@ def stratified_tau(strata: list[tuple[np.ndarray, np.ndarray]], n_perm: int = N_
         if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
             used.append((x, y))
     if not used:
-        return Test(math.nan, math.nan, 0, 0, "")
+        return Outcome(math.nan, math.nan, 0, 0, "")
     parts = [_s_and_d(x, y) for x, y in used]
     s_obs, d_obs = sum(float(s) for s, _ in parts), sum(float(d) for _, d in parts)
     n = sum(len(x) for x, _ in used)
     value = s_obs / d_obs
     nulls = [exact_null(x, y) for x, y in used]
     if all(null is not None for null in nulls):
-        return Test(value, _two_sided(_convolve_nulls(nulls), s_obs), n, len(used), "exact")
+        return Outcome(value, _two_sided(_convolve_nulls(nulls), s_obs), n, len(used), "exact")
     rng = rng if rng is not None else np.random.default_rng(0)
     s_null = np.zeros(n_perm)
     for x, y in used:
@@ -210,10 +210,10 @@ def stratified_tau(strata: list[tuple[np.ndarray, np.ndarray]], n_perm: int = N_
             s_null[start:start + rows] += (np.sign(perms[:, i] - perms[:, j]).astype(np.int8) * sx).sum(
                 -1, dtype=np.int64)
     p = (1 + np.sum(np.abs(s_null) >= abs(s_obs) - 1e-9)) / (n_perm + 1)
-    return Test(value, float(p), n, len(used), f"monte carlo ({n_perm})")
+    return Outcome(value, float(p), n, len(used), f"monte carlo ({n_perm})")
 
 
-def kendall_test(x, y, n_perm: int = N_PERM, rng: np.random.Generator | None = None) -> Test:
+def kendall_test(x, y, n_perm: int = N_PERM, rng: np.random.Generator | None = None) -> Outcome:
     """Kendall's tau-b of the defined pairs with its two-sided permutation p-value (exact for
     up to :data:`EXACT_MAX_N` points, or for untied data of any size)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -221,7 +221,7 @@ def kendall_test(x, y, n_perm: int = N_PERM, rng: np.random.Generator | None = N
     return stratified_tau([(x[ok], y[ok])], n_perm, rng)
 
 
-def slope_test(density, values) -> Test:
+def slope_test(density, values) -> Outcome:
     """OLS slope of ``values`` against log10(``density``) (the trend of a per-density
     statistic), with the exact permutation p-value of the slope (``values`` permuted over the
     densities; Monte Carlo above :data:`EXACT_MAX_N` densities is not provided: NaN)."""
@@ -230,13 +230,13 @@ def slope_test(density, values) -> Test:
     x, v = x[ok], v[ok]
     k = len(v)
     if k < 3 or np.ptp(x) == 0:
-        return Test(math.nan, math.nan, k, k, "")
+        return Outcome(math.nan, math.nan, k, k, "")
     value = float(_slopes(x, v[None, :])[0])
     if k > EXACT_MAX_N:
-        return Test(value, math.nan, k, k, "")
+        return Outcome(value, math.nan, k, k, "")
     null = _slopes(x, v[_permutations(k)])
     p = float(np.mean(np.abs(null) >= abs(value) - 1e-12))
-    return Test(value, p, k, k, "exact")
+    return Outcome(value, p, k, k, "exact")
 
 
 def _slopes(x: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -246,7 +246,7 @@ def _slopes(x: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def paired_contrast(arm_a: list[tuple[np.ndarray, np.ndarray]], arm_b: list[tuple[np.ndarray, np.ndarray]],
-                    n_perm: int = N_PERM, rng: np.random.Generator | None = None) -> Test:
+                    n_perm: int = N_PERM, rng: np.random.Generator | None = None) -> Outcome:
     """Stratified tau of arm ``b`` minus that of arm ``a``, with a swap-permutation p-value.
 
     Both arms list ``(x, y)`` per stratum over the same units in the same order (methods at one
@@ -264,7 +264,7 @@ def paired_contrast(arm_a: list[tuple[np.ndarray, np.ndarray]], arm_b: list[tupl
         if len(xa) >= 3:
             ranked.append(np.stack([rankdata(xa), rankdata(ya), rankdata(xb), rankdata(yb)]))
     if not ranked:
-        return Test(math.nan, math.nan, 0, 0, "")
+        return Outcome(math.nan, math.nan, 0, 0, "")
 
     def contrast(swaps: list[np.ndarray]) -> np.ndarray:
         sa = da = sb = db = 0.0
@@ -277,7 +277,7 @@ def paired_contrast(arm_a: list[tuple[np.ndarray, np.ndarray]], arm_b: list[tupl
     sizes = [r.shape[1] for r in ranked]
     value = float(contrast([np.zeros((1, m), bool) for m in sizes])[0])
     if math.isnan(value):
-        return Test(math.nan, math.nan, sum(sizes), len(sizes), "")
+        return Outcome(math.nan, math.nan, sum(sizes), len(sizes), "")
     units = sum(sizes)
     if units <= EXACT_MAX_SWAPS:
         bits = ((np.arange(2**units)[:, None] >> np.arange(units)) & 1).astype(bool)
@@ -291,7 +291,7 @@ def paired_contrast(arm_a: list[tuple[np.ndarray, np.ndarray]], arm_b: list[tupl
     null = null[~np.isnan(null)]
     hits = np.sum(np.abs(null) >= abs(value) - 1e-12)
     p = hits / len(null) if method == "exact" else (1 + hits) / (len(null) + 1)
-    return Test(value, float(p), units, len(sizes), method)
+    return Outcome(value, float(p), units, len(sizes), method)
 
 
 def holm(p) -> np.ndarray:
@@ -429,7 +429,7 @@ def _row(claim, dataset, arch, skip, density, statistic, value, n, **extra) -> d
     return row
 
 
-def _test_fields(test: Test, ci=(math.nan, math.nan)) -> dict:
+def _test_fields(test: Outcome, ci=(math.nan, math.nan)) -> dict:
     return dict(p_value=test.p, p_method=test.method, strata=test.strata, ci_low=ci[0], ci_high=ci[1])
 
 
