@@ -190,10 +190,11 @@ def _top2_exact(x: torch.Tensor) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- fast solver
 # Lanczos stops once the Ritz residual ||G y - theta y|| is below these fractions of theta.
-# The eigenvalue error is at most residual**2 / gap (gap: to the next eigenvalue), so 1e-8
-# leaves s2 within ~1e-9 relative even where the next eigenvalue is 1e-6 relative away. The
+# The eigenvalue error is at most residual**2 / gap (gap: to the next eigenvalue), so 1e-7
+# leaves s2 within ~1e-9 relative even where the next eigenvalue is 1e-5 relative away; on
+# random masks (gaps ~1e-3) it is ~1e-13 (measured: 1e-5 gives ~5e-10, 1e-6 ~1e-11). The
 # top pair, used to deflate, is converged further: its vector's error leaks into lambda2.
-LANCZOS_RTOL = 1e-8
+LANCZOS_RTOL = 1e-7
 LANCZOS_RTOL_TOP = 1e-11
 # A deflated top eigenvalue below this fraction of lambda1 is rounding noise: lambda2 = 0.
 RANK_ONE_RTOL = 1e-12
@@ -207,16 +208,57 @@ COST_SPARSE_BUILD = 0.7       # building the CSR matrix: per entry scanned (plus
 COST_STEP = 40_000.0          # one Lanczos step's fixed cost (Python, reorthogonalisation)
 LANCZOS_PRODUCTS = 75
 # Gram matrices up to this order go to LAPACK's dense eigensolver, larger ones to Lanczos.
-FAST_DENSE_EIG_MAX = 400
+FAST_DENSE_EIG_MAX = 700
 # Row blocks of this many rows are converted to float64 and multiplied while in cache.
 ROW_BLOCK = 64
+# Layers of up to this many entries keep a float32 copy for their IMDB classes' Grams.
+CLASS_FLOAT_COPY_MAX = 2**24
 
 
 def _eig_cost(n: int) -> float:
     """Nanoseconds to the top two eigenvalues of an order-n Gram matrix (LAPACK or Lanczos)."""
     if n <= FAST_DENSE_EIG_MAX:
-        return 0.35 * n**3 / 1e2 + 20_000.0  # eigvalsh: 0.3 ms at n=100, 5 ms at n=300
+        return 0.1 * n**3 + 50_000.0  # dsyevr on one thread: 1.8 ms at n=250, 13 ms at 512
     return LANCZOS_PRODUCTS * (0.5 * n * n + COST_STEP)
+
+
+@functools.cache
+def _openblas_threads_local():
+    """scipy's OpenBLAS ``openblas_set_num_threads_local`` (sets the calling thread's count and
+    returns the previous one), or None where scipy has another LAPACK or an older OpenBLAS.
+
+    scipy's LAPACK is ~1.7x faster than torch's on these small symmetric eigenproblems on this
+    AMD CPU, but only on one thread: OpenBLAS's own pool, spinning on a loaded 2-core machine,
+    made a 120 x 120 eigensolve 100x slower. No environment variable can change it after import.
+    """
+    import ctypes
+
+    import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS, if that is its LAPACK)
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "scipy_openblas" in line and "openblas64" not in line}
+        for path in sorted(paths):
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+            fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+            return fn
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
+def _top2_eigvalsh(g: torch.Tensor) -> tuple[float, float]:
+    """The two largest eigenvalues of a small symmetric matrix: scipy's dsyevr (top two only)
+    when its OpenBLAS can be kept on one thread, else torch's eigvalsh."""
+    n = g.shape[0]
+    if _openblas_threads_local() is not None:
+        from scipy.linalg import lapack
+
+        w, _, found, _, info = lapack.dsyevr(g.numpy(), compute_v=0, range="I", il=n - 1, iu=n, overwrite_a=1)
+        if info == 0 and found == 2:
+            return float(w[1]), float(w[0])
+    w = torch.linalg.eigvalsh(g)
+    return float(w[-1]), float(w[-2])
 
 
 def _plan(rows: int, cols: int, nnz: int) -> tuple[str, float]:
@@ -325,46 +367,67 @@ def _top2_eigenvalues(apply: Callable, n: int) -> tuple[float, float]:
     return lam1, min(lam2, lam1)
 
 
-class _DenseGramOperator:
-    """``v -> B^T B v`` for an int8 0/1 ``B``, one pass over B per product: each block of rows
-    is converted to float64 and used for both ``B_R v`` and ``B_R^T (B_R v)`` while in cache."""
+def _dense_partial(b: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``B^T B v`` for an int8 0/1 ``B`` in one pass over B: each block of rows is converted to
+    float64 once and used for both ``B_R v`` and ``B_R^T (B_R v)`` while in cache."""
+    out = torch.zeros_like(v)
+    buf = torch.empty(min(ROW_BLOCK, b.shape[0]), b.shape[1], dtype=torch.float64)
+    rows = b.shape[0]
+    for i in range(0, rows, ROW_BLOCK):
+        block = buf[: min(ROW_BLOCK, rows - i)]
+        block.copy_(b[i:i + ROW_BLOCK])
+        out.addmv_(block.T, block.mv(v))
+    return out
 
-    def __init__(self, b: torch.Tensor):
-        self.b = b
-        self.buf = torch.empty(min(ROW_BLOCK, b.shape[0]), b.shape[1], dtype=torch.float64)
+
+def _sparse_partial(a, v: torch.Tensor) -> torch.Tensor:
+    """``A^T A v`` for a scipy CSR ``A``."""
+    return torch.from_numpy(a.T @ (a @ v.numpy()))
+
+
+class _GramOperator:
+    """``v -> B^T B v`` for a 0/1 ``B`` given as two halves of its rows (int8 blocks, or scipy
+    CSR copies), summed in a fixed order. With a ``helper`` executor the halves run at once;
+    without, one after the other: the same operations either way, so the same bits."""
+
+    def __init__(self, b: torch.Tensor, nnz: int, sparse: bool, helper=None):
+        cut = b.shape[0] // 2 if b.shape[0] >= 2 * ROW_BLOCK else b.shape[0]
+        halves = [b[:cut], b[cut:]] if cut < b.shape[0] else [b]
+        if sparse:
+            self.parts = [_csr(h) for h in halves]
+            self.partial = _sparse_partial
+        else:
+            self.parts = halves
+            self.partial = _dense_partial
+        self.helper = helper
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(v)
-        rows = self.b.shape[0]
-        for i in range(0, rows, ROW_BLOCK):
-            block = self.buf[: min(ROW_BLOCK, rows - i)]
-            block.copy_(self.b[i:i + ROW_BLOCK])
-            out.addmv_(block.T, block.mv(v))
-        return out
+        if len(self.parts) == 1:
+            return self.partial(self.parts[0], v)
+        if self.helper is not None:
+            second = self.helper.submit(self.partial, self.parts[1], v)
+            first = self.partial(self.parts[0], v)
+            return first + second.result()
+        return self.partial(self.parts[0], v) + self.partial(self.parts[1], v)
 
 
-class _SparseGramOperator:
-    """``v -> B^T B v`` through a CSR copy of the 0/1 ``B`` (float64, int32 indices)."""
+def _csr(b: torch.Tensor):
+    """A scipy CSR copy (float64 ones, int32 indices) of an int8 0/1 matrix."""
+    import scipy.sparse as sp
 
-    def __init__(self, b: torch.Tensor, nnz: int):
-        import scipy.sparse as sp
-
-        rows, cols = b.shape
-        flat = np.flatnonzero(b.numpy().reshape(-1))
-        indices = (flat % cols).astype(np.int32)
-        indptr = np.zeros(rows + 1, dtype=np.int64)
-        np.cumsum(b.sum(1, dtype=torch.int32).numpy(), out=indptr[1:])
-        self.a = sp.csr_matrix((np.ones(nnz), indices, indptr), shape=(rows, cols))
-        self.at = self.a.T  # CSC: its products are as fast as CSR's
-
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.at @ (self.a @ v.numpy()))
+    rows, cols = b.shape
+    dense = b.numpy()
+    indices = (np.flatnonzero(dense.reshape(-1)) % cols).astype(np.int32)
+    indptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(dense.sum(1, dtype=np.int32), out=indptr[1:])
+    return sp.csr_matrix((np.ones(indices.size), indices, indptr), shape=(rows, cols))
 
 
-def _top2_fast(x: torch.Tensor, nnz: int | None = None) -> tuple[float, float]:
-    """``s1, s2`` of an int8 0/1 matrix by the cheapest route of :func:`_plan`; one thread."""
+def _top2_fast(x: torch.Tensor, nnz: int | None = None, helper=None) -> tuple[float, float]:
+    """``s1, s2`` of an int8 0/1 matrix by the cheapest route of :func:`_plan`, on the calling
+    thread (and on ``helper``, an executor, for half of each Lanczos product if given)."""
     rows, cols = x.shape
-    nnz = int(x.sum(dtype=torch.int64)) if nnz is None else nnz
+    nnz = int(np.count_nonzero(x.numpy())) if nnz is None else nnz
     if nnz == 0:
         return 0.0, 0.0
     if min(rows, cols) == 1:
@@ -373,14 +436,13 @@ def _top2_fast(x: torch.Tensor, nnz: int | None = None) -> tuple[float, float]:
     if route == "gram":
         g = _exact_gram_product(x if rows < cols else x.T)  # of the smaller side
         if g.shape[0] <= FAST_DENSE_EIG_MAX:
-            w = torch.linalg.eigvalsh(g)
-            l1, l2 = float(w[-1]), float(w[-2])
+            l1, l2 = _top2_eigvalsh(g)
         else:
             l1, l2 = _top2_eigenvalues(g.mv, g.shape[0])
     else:
         if rows < cols:  # vectors live on the smaller side: the columns of a tall matrix
             x = x.T.contiguous()
-        op = _SparseGramOperator(x, nnz) if route == "sparse" else _DenseGramOperator(x)
+        op = _GramOperator(x, nnz, sparse=route == "sparse", helper=helper)
         l1, l2 = _top2_eigenvalues(op, x.shape[1])
     return math.sqrt(max(l1, 0.0)), math.sqrt(max(l2, 0.0))
 
@@ -388,6 +450,7 @@ def _top2_fast(x: torch.Tensor, nnz: int | None = None) -> tuple[float, float]:
 _thread_lock = threading.Lock()
 _thread_depth = 0
 _threads_before = 1
+_openblas_before = 0
 
 
 @contextlib.contextmanager
@@ -398,11 +461,13 @@ def _one_torch_thread():
     not depend on the thread count, and the 2-core machine is not oversubscribed by spinning
     thread pools, which made small torch calls many times slower under load.
     """
-    global _thread_depth, _threads_before
+    global _thread_depth, _threads_before, _openblas_before
+    local = _openblas_threads_local()
     with _thread_lock:
         if _thread_depth == 0:
             _threads_before = torch.get_num_threads()
             torch.set_num_threads(1)
+            _openblas_before = local(1) if local is not None else 0
         _thread_depth += 1
     try:
         yield
@@ -411,6 +476,8 @@ def _one_torch_thread():
             _thread_depth -= 1
             if _thread_depth == 0:
                 torch.set_num_threads(_threads_before)
+                if local is not None:
+                    local(_openblas_before)
 
 
 def _as_int8(x: torch.Tensor) -> torch.Tensor:
@@ -486,54 +553,63 @@ class _Layer:
     list of singular-value problems (:meth:`problems`) whose answers :meth:`metrics` assembles."""
 
     def __init__(self, mask: torch.Tensor, name: str):
-        # int8 0/1: sums and products on it are fast and exact (bool sums are slow in torch).
-        b = biadjacency(mask, name).to(torch.int8)
+        # int8 0/1, rows contiguous: sums and products on it are fast and exact (bool sums are
+        # slow in torch). Copying as bool and viewing as int8 is the fastest transpose.
+        b = biadjacency(mask, name).contiguous().view(torch.int8)
         self.size_left, self.size_right = b.shape
-        # int32 accumulation is exact (a degree is below 2**31) and twice as fast as int64.
-        deg_left = b.sum(1, dtype=torch.int32).to(torch.int64)
-        deg_right = b.sum(0, dtype=torch.int32).to(torch.int64)
+        # numpy's integer sums are vectorised (torch's on int8 are ~20x slower); int32
+        # accumulation is exact, as a degree is below 2**31.
+        deg_left = torch.from_numpy(b.numpy().sum(1, dtype=np.int32)).to(torch.int64)
+        deg_right = torch.from_numpy(b.numpy().sum(0, dtype=np.int32)).to(torch.int64)
         self.edges = int(deg_left.sum())
         self.classes: list[tuple[int, int, int, int]] = []  # (d, start, stop, n_right)
         if self.edges == 0:
-            self.b = b[:0, :0]
+            self.b, self.b32 = b[:0, :0], None
             return
         keep_left = torch.nonzero(deg_left, as_tuple=True)[0]
         order = keep_left[torch.argsort(deg_left[keep_left], stable=True)]
-        b = b.index_select(0, order)
+        rows = b.numpy()[order.numpy()]  # numpy copies whole rows; torch's int8 gather is slow
         if bool((deg_right == 0).any()):
-            b = b.index_select(1, torch.nonzero(deg_right, as_tuple=True)[0])
-        self.b = b.contiguous()
-        sorted_deg = deg_left[order]
-        values, counts = torch.unique_consecutive(sorted_deg, return_counts=True)
-        start = 0
-        for d, n_d in zip(values.tolist(), counts.tolist()):
-            if d >= MIN_DEGREE and n_d >= MIN_CLASS_SIZE:
-                n_right = int(self.b[start:start + n_d].amax(0).sum(dtype=torch.int64))
-                if d * n_d / n_right >= MIN_DEGREE:
-                    self.classes.append((d, start, start + n_d, n_right))
-            start += n_d
+            rows = rows[:, torch.nonzero(deg_right, as_tuple=True)[0].numpy()]
+        rows = np.ascontiguousarray(rows)
+        self.b = torch.from_numpy(rows)
+        # The class Grams' GEMMs run in float32: convert once where that copy is small.
+        self.b32 = self.b.to(torch.float32) if rows.size <= CLASS_FLOAT_COPY_MAX else None
+        values, counts = np.unique(deg_left[order].numpy(), return_counts=True)  # sorted already
+        starts = np.cumsum(counts) - counts
+        # Right vertices of each class: one pass, the column maxima of each run of rows.
+        n_rights = np.count_nonzero(np.maximum.reduceat(rows, starts, axis=0), axis=1)
+        for d, n_d, start, n_right in zip(values.tolist(), counts.tolist(), starts.tolist(), n_rights.tolist()):
+            if d >= MIN_DEGREE and n_d >= MIN_CLASS_SIZE and d * n_d / n_right >= MIN_DEGREE:
+                self.classes.append((d, start, start + n_d, n_right))
 
     @property
     def whole_defined(self) -> bool:
         n_left, n_right = self.b.shape
         return self.edges > 0 and self.edges / n_left >= MIN_DEGREE and self.edges / n_right >= MIN_DEGREE
 
-    def problems(self) -> list[tuple[object, Callable[[], tuple[float, float]], float]]:
-        """``(key, solve, estimated cost)`` for the whole layer and every counted class."""
+    def problems(self) -> list[tuple[object, Callable, str, float]]:
+        """``(key, solve, route, estimated cost)`` for the whole layer (key ``"whole"``) and for
+        every counted class (key ``d``); ``solve(helper)`` returns ``(s1, s2)``."""
         out = []
         if self.whole_defined:
-            out.append(("whole", functools.partial(_top2_fast, self.b, self.edges),
-                        _plan(*self.b.shape, self.edges)[1]))
+            route, cost = _plan(*self.b.shape, self.edges)
+            out.append(("whole", functools.partial(_top2_fast, self.b, self.edges), route, cost))
         for d, start, stop, n_right in self.classes:
-            out.append((d, functools.partial(self._class_top2, d, start, stop, n_right),
-                        _plan(stop - start, n_right, d * (stop - start))[1]))
+            route, cost = _plan(stop - start, n_right, d * (stop - start))
+            out.append((d, functools.partial(self._class_top2, d, start, stop, n_right), route, cost))
         return out
 
-    def _class_top2(self, d: int, start: int, stop: int, n_right: int) -> tuple[float, float]:
-        rows = self.b[start:stop]
-        if n_right < min(stop - start, rows.shape[1]):  # a smaller Gram without K_d's isolated columns
-            rows = rows[:, rows.amax(0) > 0]
-        return _top2_fast(rows, d * (stop - start))
+    def class_matrix(self, start: int, stop: int, n_right: int) -> torch.Tensor:
+        """Rows ``start:stop`` (one class ``K_d``), without their isolated columns when that
+        makes the smaller side smaller."""
+        rows = (self.b if self.b32 is None else self.b32)[start:stop]
+        if n_right < min(stop - start, rows.shape[1]):
+            rows = rows[:, torch.from_numpy(rows.numpy().max(0) > 0)]
+        return rows
+
+    def _class_top2(self, d: int, start: int, stop: int, n_right: int, helper=None) -> tuple[float, float]:
+        return _top2_fast(self.class_matrix(start, stop, n_right), d * (stop - start), helper)
 
     def metrics(self, solved: Mapping) -> dict:
         """All metrics, from the singular values of :meth:`problems` keyed as there."""
@@ -589,35 +665,63 @@ def _imdb_from(classes: list, solved: Mapping) -> dict:
     }
 
 
-def _solve(layers: list[_Layer], solver: str, workers: int) -> list[dict]:
+# A Lanczos problem estimated to take longer than this (ns) runs alone, its products split
+# over two threads, before the pool takes the many small problems.
+SOLO_COST = 3e8
+
+
+def _init_worker() -> None:
+    # OpenMP's and OpenBLAS's thread counts are per thread: set them in each worker.
+    torch.set_num_threads(1)
+    if _openblas_threads_local() is not None:
+        _openblas_threads_local()(1)
+
+
+def _solve(layers: list[_Layer], solver: str, workers: int, progress: bool = False) -> list[dict]:
     """Every singular-value problem of ``layers``, then their metrics (one dict per layer).
 
-    The fast solver runs each problem on one torch thread and ``workers`` problems at once,
-    the costliest first; each answer depends only on its own problem, so results are
-    bit-identical whatever the worker count or the order in which they finish.
+    The fast solver runs the largest Lanczos problems one at a time, each product split over
+    two threads, then the rest ``workers`` at a time, costliest first, each on one thread.
+    Every answer depends only on its own problem (a product is split the same way whatever
+    runs it), so results are bit-identical whatever the worker count or finishing order.
     """
-    tasks = [(i, key, solve, cost) for i, layer in enumerate(layers) for key, solve, cost in layer.problems()]
+    tasks = [(i, *problem) for i, layer in enumerate(layers) for problem in layer.problems()]
     solved: list[dict] = [{} for _ in layers]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), desc="layer metrics", leave=False, disable=not progress)
     if solver == "auto":
-        tasks.sort(key=lambda t: -t[3])
-        with _one_torch_thread():
-            if workers > 1 and len(tasks) > 1:
-                with ThreadPoolExecutor(workers) as pool:
-                    answers = list(pool.map(lambda t: t[2](), tasks))
+        tasks.sort(key=lambda t: -t[4])
+        solo = [t for t in tasks if t[3] != "gram" and t[4] >= SOLO_COST]
+        rest = [t for t in tasks if not (t[3] != "gram" and t[4] >= SOLO_COST)]
+        with _one_torch_thread(), contextlib.ExitStack() as stack:
+            pool = None
+            if workers > 1:
+                pool = stack.enter_context(ThreadPoolExecutor(workers, initializer=_init_worker))
+            helper = None
+            if pool is not None and solo:
+                helper = stack.enter_context(ThreadPoolExecutor(1, initializer=_init_worker))
+            for i, key, solve, _, _ in solo:
+                solved[i][key] = solve(helper=helper)
+                bar.update()
+            if pool is None:
+                answers = ((t, t[2]()) for t in rest)
             else:
-                answers = [t[2]() for t in tasks]
-        for (i, key, _, _), answer in zip(tasks, answers):
-            solved[i][key] = answer
+                answers = zip(rest, pool.map(lambda t: t[2](), rest))
+            for (i, key, *_), answer in answers:
+                solved[i][key] = answer
+                bar.update()
     else:
-        for i, key, _, _ in tasks:
+        for i, key, *_ in tasks:
             layer = layers[i]
             if key == "whole":
                 x = layer.b
             else:
                 d, start, stop, n_right = next(c for c in layer.classes if c[0] == key)
-                x = layer.b[start:stop]
-                x = x[:, x.amax(0) > 0]
-            solved[i][key] = top2_singular_values(x, solver, nnz=None)
+                x = layer.class_matrix(start, stop, n_right)
+            solved[i][key] = top2_singular_values(x, solver)
+            bar.update()
+    bar.close()
     return [layer.metrics(s) for layer, s in zip(layers, solved)]
 
 
@@ -704,16 +808,12 @@ def model_metrics(
     Accepts ``{layer name: bool mask}`` or a model pruned with ``torch.nn.utils.prune`` (its
     ``weight_mask`` buffers are read; unpruned Conv2d/Linear layers count as dense). Every
     layer's mask is checked first, so a bad one fails before any work. ``progress`` shows a bar
-    over the layers as they are prepared; ``workers`` is as in :func:`layer_metrics`.
+    over the singular-value problems; ``workers`` is as in :func:`layer_metrics`.
     """
     _check_solver(solver)
     items = list(_masks_from(masks_or_model).items())
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(items, desc="layer metrics", leave=False)
     layers = [_Layer(mask, name) for name, mask in items]
-    rows = _solve(layers, solver, workers or _default_workers())
+    rows = _solve(layers, solver, workers or _default_workers(), progress)
     names = [name for name, _ in items]
     return pd.DataFrame([{"layer": n, **r} for n, r in zip(names, rows)], columns=["layer", *METRICS, *EXTRA])
 
