@@ -196,8 +196,10 @@ def _top2_exact(x: torch.Tensor) -> tuple[float, float]:
 # top pair, used to deflate, is converged further: its vector's error leaks into lambda2.
 LANCZOS_RTOL = 1e-7
 LANCZOS_RTOL_TOP = 1e-11
-# A deflated top eigenvalue below this fraction of lambda1 is rounding noise: lambda2 = 0.
-RANK_ONE_RTOL = 1e-12
+# A second eigenvalue below this fraction of lambda1 (s2 < 1e-5 s1) is rounding noise of a
+# rank-one B (a complete bipartite graph): lambda2 = 0. A 0/1 matrix of rank >= 2 can have a
+# smaller ratio only in contrived cases (lambda2 >= 1 / (rank * lambda1) is all that is known).
+RANK_ONE_RTOL = 1e-10
 # Rough costs on a 2-core AMD EPYC (AVX2), in nanoseconds, from which the cheapest way to a
 # pair of singular values is chosen; only their ratios matter. Typical Lanczos runs on random
 # masks take 60-80 products in all (the bulk edge of a random matrix's spectrum is crowded).
@@ -362,8 +364,6 @@ def _top2_eigenvalues(apply: Callable, n: int) -> tuple[float, float]:
         return 0.0, 0.0
     start = torch.from_numpy(_start(n))
     lam2, _ = _lanczos_top(apply, start, LANCZOS_RTOL, deflate=v1[None], noise=lam1)
-    if lam2 <= RANK_ONE_RTOL * lam1:
-        lam2 = 0.0
     return lam1, min(lam2, lam1)
 
 
@@ -444,6 +444,8 @@ def _top2_fast(x: torch.Tensor, nnz: int | None = None, helper=None) -> tuple[fl
             x = x.T.contiguous()
         op = _GramOperator(x, nnz, sparse=route == "sparse", helper=helper)
         l1, l2 = _top2_eigenvalues(op, x.shape[1])
+    if l2 <= RANK_ONE_RTOL * l1:
+        l2 = 0.0
     return math.sqrt(max(l1, 0.0)), math.sqrt(max(l2, 0.0))
 
 
