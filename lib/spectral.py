@@ -78,6 +78,8 @@ def gemm_dtype() -> torch.dtype:
     *slower* where it has not (seen on an AMD EPYC without AVX-512): a 4096 x 25088 layer then
     takes minutes instead of seconds. Both are exact, so a small timing picks one per process.
     """
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+        return torch.float32  # no int8 dot-product instructions: probing would cost seconds
     x = (torch.rand(128, 1024, generator=torch.Generator().manual_seed(0)) < 0.5)
     xi, xf = x.to(torch.int8), x.to(torch.float32)
     try:
@@ -200,15 +202,16 @@ LANCZOS_RTOL_TOP = 1e-11
 # rank-one B (a complete bipartite graph): lambda2 = 0. A 0/1 matrix of rank >= 2 can have a
 # smaller ratio only in contrived cases (lambda2 >= 1 / (rank * lambda1) is all that is known).
 RANK_ONE_RTOL = 1e-10
-# Rough costs on a 2-core AMD EPYC (AVX2), in nanoseconds, from which the cheapest way to a
-# pair of singular values is chosen; only their ratios matter. Typical Lanczos runs on random
-# masks take 60-80 products in all (the bulk edge of a random matrix's spectrum is crowded).
-COST_GEMM_MAC = 0.0125        # exact float32 Gram: per multiply-add (about 80 GFLOP/s)
+# Rough costs on a 2-core AMD EPYC (AVX2), one thread, in nanoseconds, from which the cheapest
+# way to a pair of singular values is chosen; only their ratios matter. Typical Lanczos runs on
+# random masks take 55-110 products in all (the bulk edge of a random matrix's spectrum is
+# crowded: the gap below s2 shrinks like size**(-2/3)).
+COST_GEMM_MAC = 0.02          # exact float32 Gram: per multiply-add
 COST_DENSE_ENTRY = 0.7        # one fused B^T B v product over an int8 mask: per entry
-COST_SPARSE_NNZ = 1.0         # one sparse product (CSR, float64): per nonzero
-COST_SPARSE_BUILD = 0.7       # building the CSR matrix: per entry scanned (plus 5 per nonzero)
-COST_STEP = 40_000.0          # one Lanczos step's fixed cost (Python, reorthogonalisation)
-LANCZOS_PRODUCTS = 75
+COST_SPARSE_NNZ = 2.5         # one sparse product (CSR, float64), B or B^T: per nonzero
+COST_SPARSE_BUILD = 3.0       # building the CSR copy: per entry scanned
+COST_STEP = 250_000.0         # one Lanczos step's fixed cost (Python, scipy, reorthogonalisation)
+LANCZOS_PRODUCTS = 80
 # Gram matrices up to this order go to LAPACK's dense eigensolver, larger ones to Lanczos.
 FAST_DENSE_EIG_MAX = 700
 # Row blocks of this many rows are converted to float64 and multiplied while in cache.
@@ -220,7 +223,7 @@ CLASS_FLOAT_COPY_MAX = 2**24
 def _eig_cost(n: int) -> float:
     """Nanoseconds to the top two eigenvalues of an order-n Gram matrix (LAPACK or Lanczos)."""
     if n <= FAST_DENSE_EIG_MAX:
-        return 0.1 * n**3 + 50_000.0  # dsyevr on one thread: 1.8 ms at n=250, 13 ms at 512
+        return 0.15 * n**3 + 50_000.0  # dsyevr on one thread: ~2 ms at n=250, ~15 ms at 512
     return LANCZOS_PRODUCTS * (0.5 * n * n + COST_STEP)
 
 
@@ -270,7 +273,7 @@ def _plan(rows: int, cols: int, nnz: int) -> tuple[str, float]:
     small, large = sorted((rows, cols))
     costs = {
         "gram": small * small * large * COST_GEMM_MAC + _eig_cost(small),
-        "sparse": rows * cols * COST_SPARSE_BUILD + 5 * nnz
+        "sparse": rows * cols * COST_SPARSE_BUILD
         + LANCZOS_PRODUCTS * (2 * nnz * COST_SPARSE_NNZ + COST_STEP),
         "dense": LANCZOS_PRODUCTS * (rows * cols * COST_DENSE_ENTRY + COST_STEP),
     }
@@ -380,9 +383,11 @@ def _dense_partial(b: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _sparse_partial(a, v: torch.Tensor) -> torch.Tensor:
-    """``A^T A v`` for a scipy CSR ``A``."""
-    return torch.from_numpy(a.T @ (a @ v.numpy()))
+def _sparse_partial(pair, v: torch.Tensor) -> torch.Tensor:
+    """``A^T A v`` for a scipy CSR ``A`` given with its transpose (CSC, made once: scipy's
+    ``.T`` costs more than a small product)."""
+    a, at = pair
+    return torch.from_numpy(at @ (a @ v.numpy()))
 
 
 class _GramOperator:
@@ -394,7 +399,7 @@ class _GramOperator:
         cut = b.shape[0] // 2 if b.shape[0] >= 2 * ROW_BLOCK else b.shape[0]
         halves = [b[:cut], b[cut:]] if cut < b.shape[0] else [b]
         if sparse:
-            self.parts = [_csr(h) for h in halves]
+            self.parts = [(a, a.T) for a in map(_csr, halves)]
             self.partial = _sparse_partial
         else:
             self.parts = halves
@@ -579,11 +584,12 @@ class _Layer:
         self.b32 = self.b.to(torch.float32) if rows.size <= CLASS_FLOAT_COPY_MAX else None
         values, counts = np.unique(deg_left[order].numpy(), return_counts=True)  # sorted already
         starts = np.cumsum(counts) - counts
-        # Right vertices of each class: one pass, the column maxima of each run of rows.
-        n_rights = np.count_nonzero(np.maximum.reduceat(rows, starts, axis=0), axis=1)
-        for d, n_d, start, n_right in zip(values.tolist(), counts.tolist(), starts.tolist(), n_rights.tolist()):
-            if d >= MIN_DEGREE and n_d >= MIN_CLASS_SIZE and d * n_d / n_right >= MIN_DEGREE:
-                self.classes.append((d, start, start + n_d, n_right))
+        for d, n_d, start in zip(values.tolist(), counts.tolist(), starts.tolist()):
+            if d >= MIN_DEGREE and n_d >= MIN_CLASS_SIZE:
+                # right vertices of K_d (a loop of row maxima is ~20x faster than reduceat)
+                n_right = int(np.count_nonzero(rows[start:start + n_d].max(0)))
+                if d * n_d / n_right >= MIN_DEGREE:
+                    self.classes.append((d, start, start + n_d, n_right))
 
     @property
     def whole_defined(self) -> bool:
