@@ -451,7 +451,10 @@ def _top2_fast(x: torch.Tensor, nnz: int | None = None, helper=None) -> tuple[fl
         return math.sqrt(nnz), 0.0
     route, _ = _plan(rows, cols, nnz)
     if route == "gram":
-        g = _fast_gram(x if rows < cols else x.T)  # of the smaller side
+        # The Gram is exact (integers), so its GEMM may use more threads with the same bits:
+        # with a helper (nothing else running), on two.
+        with contextlib.nullcontext() if helper is None else _torch_threads(2):
+            g = _fast_gram(x if rows < cols else x.T)  # of the smaller side
         if g.shape[0] <= FAST_DENSE_EIG_MAX:
             l1, l2 = _top2_eigvalsh(g)
         else:
@@ -464,6 +467,17 @@ def _top2_fast(x: torch.Tensor, nnz: int | None = None, helper=None) -> tuple[fl
     if l2 <= RANK_ONE_RTOL * l1:
         l2 = 0.0
     return math.sqrt(max(l1, 0.0)), math.sqrt(max(l2, 0.0))
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run the block on ``n`` torch threads (on this thread); restore the count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 _thread_lock = threading.Lock()
@@ -572,25 +586,25 @@ class _Layer:
     list of singular-value problems (:meth:`problems`) whose answers :meth:`metrics` assembles."""
 
     def __init__(self, mask: torch.Tensor, name: str):
-        # int8 0/1, rows contiguous: sums and products on it are fast and exact (bool sums are
-        # slow in torch). Copying as bool and viewing as int8 is the fastest transpose.
-        b = biadjacency(mask, name).contiguous().view(torch.int8)
-        self.size_left, self.size_right = b.shape
-        # numpy's integer sums are vectorised (torch's on int8 are ~20x slower); int32
-        # accumulation is exact, as a degree is below 2**31.
-        deg_left = torch.from_numpy(b.numpy().sum(1, dtype=np.int32)).to(torch.int64)
-        deg_right = torch.from_numpy(b.numpy().sum(0, dtype=np.int32)).to(torch.int64)
+        # Work on the weight's layout (rows: right vertices) until the one transposing copy:
+        # dropping isolated right vertices is then a cheap row gather, not a column gather.
+        # int8 0/1 (a bool view): numpy's integer sums on it are vectorised (torch's are ~20x
+        # slower); int32 accumulation is exact, as a degree is below 2**31.
+        weight = biadjacency(mask, name).T.contiguous().view(torch.int8).numpy()
+        self.size_right, self.size_left = weight.shape
+        deg_left = torch.from_numpy(weight.sum(0, dtype=np.int32)).to(torch.int64)
+        deg_right = weight.sum(1, dtype=np.int32)
         self.edges = int(deg_left.sum())
         self.classes: list[tuple[int, int, int, int]] = []  # (d, start, stop, n_right)
         if self.edges == 0:
-            self.b, self.b32 = b[:0, :0], None
+            self.b, self.b32 = torch.zeros(0, 0, dtype=torch.int8), None
             return
+        if (deg_right == 0).any():
+            weight = weight[np.flatnonzero(deg_right)]
         keep_left = torch.nonzero(deg_left, as_tuple=True)[0]
         order = keep_left[torch.argsort(deg_left[keep_left], stable=True)]
-        rows = b.numpy()[order.numpy()]  # numpy copies whole rows; torch's int8 gather is slow
-        if bool((deg_right == 0).any()):
-            rows = rows[:, torch.nonzero(deg_right, as_tuple=True)[0].numpy()]
-        rows = np.ascontiguousarray(rows)
+        # rows: left vertices sorted by degree; numpy copies whole rows (torch's int8 gather is slow)
+        rows = np.ascontiguousarray(weight.T)[order.numpy()]
         self.b = torch.from_numpy(rows)
         # The class Grams' GEMMs run in float32: convert once where that copy is small.
         self.b32 = self.b.to(torch.float32) if rows.size <= CLASS_FLOAT_COPY_MAX else None
@@ -704,8 +718,8 @@ class _Bar:
             self.bar.close()
 
 
-# A Lanczos problem estimated to take longer than this (ns) runs alone, its products split
-# over two threads, before the pool takes the many small problems.
+# A problem estimated to take longer than this (ns) runs alone, before the pool takes the many
+# small ones: its Lanczos products split over two threads, or its Gram's GEMM on two threads.
 SOLO_COST = 3e8
 
 
@@ -729,8 +743,8 @@ def _solve(layers: list[_Layer], solver: str, workers: int, progress: bool = Fal
     bar = _Bar(len(tasks), progress)
     if solver == "auto":
         tasks.sort(key=lambda t: -t[4])
-        solo = [t for t in tasks if t[3] != "gram" and t[4] >= SOLO_COST]
-        rest = [t for t in tasks if not (t[3] != "gram" and t[4] >= SOLO_COST)]
+        solo = [t for t in tasks if t[4] >= SOLO_COST]
+        rest = [t for t in tasks if t[4] < SOLO_COST]
         with _one_torch_thread(), contextlib.ExitStack() as stack:
             pool = None
             if workers > 1:
