@@ -441,8 +441,9 @@ def _fast_gram(x: torch.Tensor) -> torch.Tensor:
 
 
 def _top2_fast(x: torch.Tensor, nnz: int | None = None, helper=None) -> tuple[float, float]:
-    """``s1, s2`` of an int8 0/1 matrix by the cheapest route of :func:`_plan`, on the calling
-    thread (and on ``helper``, an executor, for half of each Lanczos product if given)."""
+    """``s1, s2`` of an int8 (or float32) 0/1 matrix by the cheapest route of :func:`_plan`, on
+    the calling thread; given ``helper`` (an executor; nothing else running), half of each
+    Lanczos product runs on it, or the Gram's GEMM on two torch threads."""
     rows, cols = x.shape
     nnz = int(np.count_nonzero(x.numpy())) if nnz is None else nnz
     if nnz == 0:
@@ -490,7 +491,7 @@ _openblas_before = 0
 def _one_torch_thread():
     """Run torch on one intra-op thread inside the block (nested and concurrent uses share it).
 
-    The fast solver parallelises over whole products instead (:func:`_run`): results then do
+    The fast solver parallelises over whole problems instead (:func:`_solve`): results then do
     not depend on the thread count, and the 2-core machine is not oversubscribed by spinning
     thread pools, which made small torch calls many times slower under load.
     """
