@@ -9,6 +9,7 @@ difference of any metric between the two. The machine is shared: compare ratios 
 seconds from one run, not wall seconds across runs. Run:
 
     python bench/bench_spectral.py --exact                 # the table in the README
+    python bench/bench_spectral.py --exact --before 919ad01 --archs resnet34   # and the old code
     python bench/bench_spectral.py --archs resnet34 --densities 0.4 --profile
 
 Targets on a 2-core machine: every ResNet-34 mask <= 0.5 s, every VGG-16 mask <= 3 s.
@@ -19,8 +20,10 @@ import argparse
 import cProfile
 import math
 import pstats
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lib, not another
@@ -40,6 +43,24 @@ def _status_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+def load_before(rev: str):
+    """``lib/spectral.py`` as of git revision ``rev``, loaded as a module of package ``lib``."""
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "-C", str(root), "show", f"{rev}:lib/spectral.py"],
+                         capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType("lib.spectral_before")
+    module.__package__ = "lib"
+    exec(compile(src, f"{rev}:lib/spectral.py", "exec"), module.__dict__)
+    return module
+
+
+def measure_before(module, masks):
+    """Wall and CPU seconds of the older module's default ``model_metrics``."""
+    start, cpu = time.perf_counter(), time.process_time()
+    module.model_metrics(masks)
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def measure(masks, solver: str, workers: int | None):
@@ -80,8 +101,11 @@ def main():
     p.add_argument("--exact", action="store_true", help="also time the exact solver (the oracle) and compare")
     p.add_argument("--exact-repeats", type=int, default=1, help="exact solver: fastest of this many calls")
     p.add_argument("--workers", type=int, default=None, help="fast solver's workers (default: up to 2)")
+    p.add_argument("--before", metavar="REV", help="also time lib/spectral.py as of this git "
+                   "revision (919ad01: before the fast solver), once per mask")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the slowest fast call")
     args = p.parse_args()
+    before = load_before(args.before) if args.before else None
     torch.manual_seed(0)
     batch = [(torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,)))]
     print(f"torch threads: {torch.get_num_threads()}; fast solver best of {args.repeats}"
@@ -89,6 +113,8 @@ def main():
     head = f"{'arch':9} {'method':7} {'density':>7} {'fast s':>7} {'target':>6} {'met':>3} {'cpu s':>6} {'peak GB':>7}"
     if args.exact:
         head += f" {'exact s':>8} {'cpu s':>6} {'exact/fast':>10} {'max rel diff':>12}"
+    if before is not None:
+        head += f" {'before s':>8} {'cpu s':>6} {'before/fast':>11}"
     print(head + f" {'delta_r_norm':>12} {'imdb_norm':>9}")
     slowest, misses, ratios = (0.0, None), 0, []
     for arch in args.archs:
@@ -97,12 +123,14 @@ def main():
             scores = None if method == "ERK" else score(model, method, batches=batch, seed=0)
             for density in args.densities:
                 masks = erk_masks(model, density, seed=0) if method == "ERK" else global_mask(scores, density)
-                fast_runs, exact_runs = [], []
+                fast_runs, exact_runs, before_run = [], [], None
                 for i in range(max(args.repeats, args.exact_repeats if args.exact else 0)):
                     if i < args.repeats:
                         fast_runs.append(measure(masks, "auto", args.workers))
                     if args.exact and i < args.exact_repeats:
                         exact_runs.append(measure(masks, "exact", None))
+                    if before is not None and i == 0:
+                        before_run = measure_before(before, masks)
                 seconds, peak, df, cpu = min(fast_runs, key=lambda r: r[0])
                 if seconds > slowest[0]:
                     slowest = (seconds, masks)
@@ -116,6 +144,8 @@ def main():
                     ratios.append(exact_s / seconds)
                     diff = max_rel_diff(df, exact_df)
                     row += f" {exact_s:8.2f} {exact_cpu:6.2f} {exact_s / seconds:10.1f} {diff:12.1e}"
+                if before_run is not None:
+                    row += f" {before_run[0]:8.2f} {before_run[1]:6.2f} {before_run[0] / seconds:11.1f}"
                 print(row + f" {s['delta_r_norm']:12.4f} {s['imdb_norm']:9.4f}", flush=True)
     summary = f"masks over target: {misses}"
     if ratios:
