@@ -1,32 +1,25 @@
 """Graph metrics of pruned layers: the Ramanujan gap, IMDB and NaRC.
 
-This module owns the paper's metrics, computed exactly as ``shared/spec/metrics.md`` states
-the reference conventions (which differ from the paper's printed formulas; the README lists
-where). A layer's mask is read as a bipartite graph: left vertices are the unfolded inputs
-(``in * kh * kw``), right vertices the outputs, an edge is a kept weight.
+This module owns the paper's per-layer metrics, computed with the reference conventions of
+``shared/spec/metrics.md``, and the linear algebra behind them. A layer's mask is read as a
+bipartite graph (left: unfolded inputs ``in * kh * kw``; right: outputs; an edge is a kept
+weight) and only the two largest singular values ``s1 >= s2`` of its 0/1 biadjacency matrix
+are needed, for the whole layer and for each IMDB degree class.
 
-Only the two largest singular values ``s1 >= s2`` of the 0/1 biadjacency matrix are needed
-(the adjacency spectrum is ``±s_i``), so no ``(|L|+|R|)``-square matrix and no graph library
-is involved. How they are found depends on the matrix's shape (:func:`top2_singular_values`):
-
-* the Gram matrix of the *smaller* side is formed exactly (0/1 products summed in int32, or
-  in float32, are exact: every partial sum is an integer below 2**24), in whichever of an int8
-  or a float32 GEMM is faster on this CPU (:func:`gemm_dtype`), then
-* its top two eigenvalues come from a dense symmetric eigensolver when it is small, or from
-  Lanczos (ARPACK) on the dense Gram when it is large;
-* ``solver="sparse"`` instead runs Lanczos directly on the sparse matrix (``svds``), which is
-  the cheaper choice only for huge, very sparse matrices and serves as an independent check.
-
-IMDB's degree classes are contiguous slices of one column permutation sorted by degree, so the
-grouping, degrees and neighbourhoods are computed once per layer and shared by all classes.
+Two solvers find them: the default ``"auto"`` (Lanczos on the mask or on its exact Gram
+matrix, whichever is cheaper; :func:`top2_singular_values`) and ``"exact"`` (the exact Gram
+matrix of the smaller side and a LAPACK/ARPACK eigensolver), kept as the oracle the fast path
+is tested against.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import math
+import threading
 import time
-from typing import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -34,9 +27,9 @@ import torch
 
 from .progress import bar
 
-# Bump when a metric's definition or computed values change: the workbook's metrics cache
-# file names carry it (lib.store), so a new metric recomputes the metrics and nothing else.
-METRICS_VERSION = 1
+# Bump when a metric's definition or its computed values change: the workbook's metrics cache
+# file names carry it, so a new version recomputes the metrics (and only them).
+METRICS_VERSION = 2  # 2: the fast solver (s2 of a rank-one layer is exactly 0, was ~1e-6 of noise)
 
 METRICS = (
     "n_left", "n_right", "edges", "d_left", "d_right",
@@ -44,14 +37,20 @@ METRICS = (
     "imdb", "imdb_norm", "narc",
 )
 EXTRA = ("size_left", "size_right", "layer_density", "imdb_classes", "delta_s_imdb")
+SOLVERS = ("auto", "exact", "sparse")  # "dense" is accepted as the former name of "exact"
 
 # A degree-d class of left vertices counts for IMDB only with at least this many vertices,
 # and every graph (layer or class) needs average degrees >= MIN_DEGREE (metrics.md §2-3).
 MIN_CLASS_SIZE = 3
 MIN_DEGREE = 3
-# Gram matrices up to this order go to LAPACK's dense eigensolver; larger ones to Lanczos, whose
-# cost grows as order**2 per iteration instead of order**3 (crossover measured on 2 cores).
+# Exact solver: Gram matrices up to this order go to LAPACK's dense eigensolver; larger ones
+# to ARPACK, whose cost grows as order**2 per iteration instead of order**3.
 DENSE_EIG_MAX = 300
+# A second eigenvalue below this fraction of lambda1 (s2 < 1e-5 s1) is rounding noise of a
+# rank-one B (a complete bipartite graph): lambda2 = 0, in both solvers. A 0/1 matrix of rank
+# >= 2 has a smaller ratio only in contrived cases (lambda2 >= 1 / (rank * lambda1) is all that
+# is known).
+RANK_ONE_RTOL = 1e-10
 
 
 # Below this many matrix entries a GEMM or eigensolve is faster on one thread: waking a thread
@@ -75,7 +74,7 @@ def _threads(small: bool):
         torch.set_num_threads(before)
 
 
-# --------------------------------------------------------------------------- linear algebra
+# --------------------------------------------------------------------------- exact solver
 @functools.cache
 def gemm_dtype() -> torch.dtype:
     """The faster exact GEMM for 0/1 Gram matrices on this CPU: ``torch.int8`` or ``torch.float32``.
@@ -85,6 +84,8 @@ def gemm_dtype() -> torch.dtype:
     *slower* where it has not (seen on an AMD EPYC without AVX-512): a 4096 x 25088 layer then
     takes minutes instead of seconds. Both are exact, so a small timing picks one per process.
     """
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+        return torch.float32  # no int8 dot-product instructions: probing would cost seconds
     x = (torch.rand(128, 1024, generator=torch.Generator().manual_seed(0)) < 0.5)
     xi, xf = x.to(torch.int8), x.to(torch.float32)
     try:
@@ -115,8 +116,8 @@ def _symmetric_product(x: torch.Tensor, block: int = GRAM_BLOCK) -> torch.Tensor
     return out
 
 
-def _gram(x: torch.Tensor) -> torch.Tensor:
-    """Exact ``x @ x.T`` of a 0/1 matrix, as float64.
+def _exact_gram_product(x: torch.Tensor) -> torch.Tensor:
+    """Exact ``x @ x.T`` of a 0/1 matrix as float64, on the current thread settings.
 
     Exact in int8 with int32 accumulation (< 2**31 terms) and in float32 (every partial sum is
     an integer, and the inner dimension, a layer's fan-in or fan-out, is far below 2**24).
@@ -124,15 +125,20 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] >= 2**24:
         xd = x.to(torch.float64)
         return xd @ xd.T
+    if gemm_dtype() == torch.int8:
+        xi = x.to(torch.int8)
+        return torch._int_mm(xi, xi.T.contiguous()).to(torch.float64)
+    xf = x.to(torch.float32)
+    if x.shape[0] < 2 * GRAM_BLOCK:
+        return (xf @ xf.T).to(torch.float64)
+    return _symmetric_product(xf).to(torch.float64)
+
+
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    """Exact ``x @ x.T`` of a 0/1 matrix, as float64; small products on one thread."""
     small = x.shape[0] * x.shape[0] * x.shape[1] < 64 * SMALL_WORK
     with _threads(small):
-        if gemm_dtype() == torch.int8:
-            xi = x.to(torch.int8)
-            return torch._int_mm(xi, xi.T.contiguous()).to(torch.float64)
-        xf = x.to(torch.float32)
-        if x.shape[0] < 2 * GRAM_BLOCK:
-            return (xf @ xf.T).to(torch.float64)
-        return _symmetric_product(xf).to(torch.float64)
+        return _exact_gram_product(x)
 
 
 def _top2_eig_symmetric(g: torch.Tensor) -> tuple[float, float]:
@@ -169,7 +175,7 @@ def _start(n: int) -> np.ndarray:
 
 
 def _top2_sparse(x: torch.Tensor) -> tuple[float, float]:
-    """``s1, s2`` by Lanczos on the sparse matrix itself (no Gram matrix formed)."""
+    """``s1, s2`` by ARPACK's Lanczos on the sparse matrix itself (``svds``): an independent check."""
     import scipy.sparse as sp
     from scipy.sparse.linalg import svds
 
@@ -178,15 +184,340 @@ def _top2_sparse(x: torch.Tensor) -> tuple[float, float]:
         (np.ones(rows.numel()), (rows.numpy(), cols.numpy())), shape=tuple(x.shape)
     )
     if min(a.shape) <= 2:  # ARPACK needs k < min(shape); tiny cases are dense anyway
-        return _top2_dense(x)
+        return _top2_exact(x)
     s = np.sort(svds(a, k=2, return_singular_vectors=False, tol=1e-12, random_state=0))
-    return float(s[-1]), float(s[-2])
+    s2 = float(s[-2]) if s[-2] ** 2 > RANK_ONE_RTOL * s[-1] ** 2 else 0.0
+    return float(s[-1]), s2
 
 
-def _top2_dense(x: torch.Tensor) -> tuple[float, float]:
+def _top2_exact(x: torch.Tensor) -> tuple[float, float]:
+    """The oracle: exact Gram of the smaller side, then LAPACK (small) or ARPACK (large)."""
     side = x if x.shape[0] <= x.shape[1] else x.T
     l1, l2 = _top2_eig_symmetric(_gram(side))
+    if l2 <= RANK_ONE_RTOL * l1:  # rank one: s2 is 0, not the ~1e-7 * s1 of rounding noise
+        l2 = 0.0
     return math.sqrt(max(l1, 0.0)), math.sqrt(max(l2, 0.0))
+
+
+# --------------------------------------------------------------------------- fast solver
+# Lanczos stops once the Ritz residual ||G y - theta y|| is below these fractions of theta.
+# The eigenvalue error is at most residual**2 / gap (gap: to the next eigenvalue), so 1e-7
+# leaves s2 within ~1e-9 relative even where the next eigenvalue is 1e-5 relative away; on
+# random masks (gaps ~1e-3) it is ~1e-13 (measured: 1e-5 gives ~5e-10, 1e-6 ~1e-11). The
+# top pair, used to deflate, is converged further: its vector's error leaks into lambda2.
+LANCZOS_RTOL = 1e-7
+LANCZOS_RTOL_TOP = 1e-11
+# Rough costs on a 2-core AMD EPYC (AVX2), one thread, in nanoseconds, from which the cheapest
+# way to a pair of singular values is chosen; only their ratios matter. Typical Lanczos runs on
+# random masks take 55-110 products in all (the bulk edge of a random matrix's spectrum is
+# crowded: the gap below s2 shrinks like size**(-2/3)).
+COST_GEMM_MAC = 0.02          # exact float32 Gram: per multiply-add
+COST_DENSE_ENTRY = 0.7        # one fused B^T B v product over an int8 mask: per entry
+COST_SPARSE_NNZ = 2.5         # one sparse product (CSR, float64), B or B^T: per nonzero
+COST_SPARSE_BUILD = 3.0       # building the CSR copy: per entry scanned
+COST_STEP = 250_000.0         # one Lanczos step's fixed cost (Python, scipy, reorthogonalisation)
+LANCZOS_PRODUCTS = 80
+# Gram matrices up to this order go to LAPACK's dense eigensolver, larger ones to Lanczos.
+FAST_DENSE_EIG_MAX = 700
+# Row blocks of this many rows are converted to float64 and multiplied while in cache.
+ROW_BLOCK = 64
+# Layers of up to this many entries keep a float32 copy for their IMDB classes' Grams.
+CLASS_FLOAT_COPY_MAX = 2**24
+
+
+def _eig_cost(n: int) -> float:
+    """Nanoseconds to the top two eigenvalues of an order-n Gram matrix (LAPACK or Lanczos)."""
+    if n <= FAST_DENSE_EIG_MAX:
+        return 0.15 * n**3 + 50_000.0  # dsyevr on one thread: ~2 ms at n=250, ~15 ms at 512
+    return LANCZOS_PRODUCTS * (0.5 * n * n + COST_STEP)
+
+
+@functools.cache
+def _openblas_threads_local():
+    """scipy's OpenBLAS ``openblas_set_num_threads_local`` (sets the calling thread's count and
+    returns the previous one), or None where scipy has another LAPACK or an older OpenBLAS.
+
+    scipy's LAPACK is ~1.7x faster than torch's on these small symmetric eigenproblems on this
+    AMD CPU, but only on one thread: OpenBLAS's own pool, spinning on a loaded 2-core machine,
+    made a 120 x 120 eigensolve 100x slower. No environment variable can change it after import.
+    """
+    import ctypes
+
+    import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS, if that is its LAPACK)
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "scipy_openblas" in line and "openblas64" not in line}
+        for path in sorted(paths):
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+            fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+            return fn
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
+def _top2_eigvalsh(g: torch.Tensor) -> tuple[float, float]:
+    """The two largest eigenvalues of a small symmetric matrix: scipy's dsyevr (top two only)
+    when its OpenBLAS can be kept on one thread, else torch's eigvalsh."""
+    n = g.shape[0]
+    if _openblas_threads_local() is not None:
+        from scipy.linalg import lapack
+
+        w, _, found, _, info = lapack.dsyevr(g.numpy(), compute_v=0, range="I", il=n - 1, iu=n, overwrite_a=1)
+        if info == 0 and found == 2:
+            return float(w[1]), float(w[0])
+    w = torch.linalg.eigvalsh(g)
+    return float(w[-1]), float(w[-2])
+
+
+def _plan(rows: int, cols: int, nnz: int) -> tuple[str, float]:
+    """The cheapest route to ``s1, s2`` of a ``rows x cols`` 0/1 matrix and its estimated cost
+    (ns): ``"gram"`` (exact Gram of the smaller side, then an eigensolver), ``"sparse"`` or
+    ``"dense"`` (Lanczos on ``B^T B`` applied through a CSR copy or through row blocks of B)."""
+    small, large = sorted((rows, cols))
+    costs = {
+        "gram": small * small * large * COST_GEMM_MAC + _eig_cost(small),
+        "sparse": rows * cols * COST_SPARSE_BUILD
+        + LANCZOS_PRODUCTS * (2 * nnz * COST_SPARSE_NNZ + COST_STEP),
+        "dense": LANCZOS_PRODUCTS * (rows * cols * COST_DENSE_ENTRY + COST_STEP),
+    }
+    route = min(costs, key=costs.get)
+    return route, costs[route]
+
+
+def _tridiagonal_top(alpha: list, beta: list) -> tuple[float, np.ndarray]:
+    """Largest eigenvalue of the symmetric tridiagonal (alpha, beta) and its eigenvector."""
+    from scipy.linalg import eigh_tridiagonal
+
+    k = len(alpha)
+    if k == 1:
+        return float(alpha[0]), np.ones(1)
+    w, s = eigh_tridiagonal(
+        np.asarray(alpha), np.asarray(beta[: k - 1]), select="i", select_range=(k - 1, k - 1)
+    )
+    return float(w[0]), s[:, 0]
+
+
+def _lanczos_top(
+    apply: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    rtol: float,
+    deflate: torch.Tensor | None = None,
+    noise: float = 0.0,
+) -> tuple[float, torch.Tensor]:
+    """Largest eigenvalue and unit eigenvector of a symmetric PSD operator, by Lanczos with full
+    reorthogonalisation, on the orthogonal complement of the rows of ``deflate`` (orthonormal).
+
+    Stops when the Ritz residual is below ``rtol`` times the Ritz value, or when the Krylov
+    space stops growing (an invariant subspace: the Ritz value is then exact), with ``noise``
+    the size below which a new direction is rounding error.
+    """
+    n = start.numel()
+    limit = n - (0 if deflate is None else deflate.shape[0])
+    basis = torch.empty(min(limit, 64) + 1, n, dtype=torch.float64)
+    q = start.to(torch.float64).clone()
+    for _ in range(2):
+        if deflate is not None:
+            q -= deflate.T @ (deflate @ q)
+    q /= torch.linalg.vector_norm(q)
+    alpha: list[float] = []
+    beta: list[float] = []
+    theta, s = 0.0, np.ones(1)
+    for j in range(limit):
+        if j + 1 >= basis.shape[0]:  # grow the basis storage geometrically
+            grown = torch.empty(min(limit, 2 * basis.shape[0]) + 1, n, dtype=torch.float64)
+            grown[: j + 1] = basis[: j + 1]
+            basis = grown
+        basis[j] = q
+        w = apply(q)
+        a = float(q.dot(w))
+        done = j + 1 == limit
+        q_all = basis[: j + 1]
+        for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to working precision
+            if deflate is not None:
+                w -= deflate.T @ (deflate @ w)
+            w -= q_all.T @ (q_all @ w)
+        b = float(torch.linalg.vector_norm(w))
+        alpha.append(a)
+        beta.append(b)
+        scale = max(max(alpha), noise)
+        if b <= 1e-13 * scale:
+            done = True
+        if done or (j >= 2 and j % 2 == 0):
+            theta, s = _tridiagonal_top(alpha, beta)
+            residual = b * abs(s[-1])
+            # converged, or at the rounding floor of an operator of norm `scale` (theta tiny)
+            if done or residual <= rtol * theta or residual <= 1e-13 * scale:
+                break
+        q = w / b
+    k = len(alpha)
+    vec = basis[:k].T @ torch.from_numpy(np.ascontiguousarray(s))
+    return theta, vec / torch.linalg.vector_norm(vec)
+
+
+def _top2_eigenvalues(apply: Callable, n: int) -> tuple[float, float]:
+    """The two largest eigenvalues of an order-n PSD operator (exactly repeated ones included).
+
+    Lanczos from the all-ones vector (the top eigenvector of a Gram matrix of a 0/1 matrix is
+    non-negative, so it is never missed) finds ``lambda1``; a second run on the orthogonal
+    complement of its eigenvector, from a fixed pseudo-random start, finds ``lambda2``. A
+    single run can miss a second copy of a repeated eigenvalue (two identical components give
+    ``lambda1 == lambda2``): the second run cannot, as the copy is the top of the complement.
+    """
+    if n == 1:
+        return float(apply(torch.ones(1, dtype=torch.float64))[0]), 0.0
+    lam1, v1 = _lanczos_top(apply, torch.ones(n, dtype=torch.float64), LANCZOS_RTOL_TOP)
+    if lam1 <= 0:
+        return 0.0, 0.0
+    start = torch.from_numpy(_start(n))
+    lam2, _ = _lanczos_top(apply, start, LANCZOS_RTOL, deflate=v1[None], noise=lam1)
+    return lam1, min(lam2, lam1)
+
+
+def _dense_partial(b: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``B^T B v`` for an int8 0/1 ``B`` in one pass over B: each block of rows is converted to
+    float64 once and used for both ``B_R v`` and ``B_R^T (B_R v)`` while in cache."""
+    out = torch.zeros_like(v)
+    buf = torch.empty(min(ROW_BLOCK, b.shape[0]), b.shape[1], dtype=torch.float64)
+    rows = b.shape[0]
+    for i in range(0, rows, ROW_BLOCK):
+        block = buf[: min(ROW_BLOCK, rows - i)]
+        block.copy_(b[i:i + ROW_BLOCK])
+        out.addmv_(block.T, block.mv(v))
+    return out
+
+
+def _sparse_partial(pair, v: torch.Tensor) -> torch.Tensor:
+    """``A^T A v`` for a scipy CSR ``A`` given with its transpose (CSC, made once: scipy's
+    ``.T`` costs more than a small product)."""
+    a, at = pair
+    return torch.from_numpy(at @ (a @ v.numpy()))
+
+
+class _GramOperator:
+    """``v -> B^T B v`` for a 0/1 ``B`` given as two halves of its rows (int8 blocks, or scipy
+    CSR copies), summed in a fixed order. With a ``helper`` executor the halves run at once;
+    without, one after the other: the same operations either way, so the same bits."""
+
+    def __init__(self, b: torch.Tensor, nnz: int, sparse: bool, helper=None):
+        cut = b.shape[0] // 2 if b.shape[0] >= 2 * ROW_BLOCK else b.shape[0]
+        halves = [b[:cut], b[cut:]] if cut < b.shape[0] else [b]
+        if sparse:
+            self.parts = [(a, a.T) for a in map(_csr, halves)]
+            self.partial = _sparse_partial
+        else:
+            self.parts = halves
+            self.partial = _dense_partial
+        self.helper = helper
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if len(self.parts) == 1:
+            return self.partial(self.parts[0], v)
+        if self.helper is not None:
+            second = self.helper.submit(self.partial, self.parts[1], v)
+            first = self.partial(self.parts[0], v)
+            return first + second.result()
+        return self.partial(self.parts[0], v) + self.partial(self.parts[1], v)
+
+
+def _csr(b: torch.Tensor):
+    """A scipy CSR copy (float64 ones, int32 indices) of an int8 0/1 matrix."""
+    import scipy.sparse as sp
+
+    rows, cols = b.shape
+    dense = b.numpy()
+    indices = (np.flatnonzero(dense.reshape(-1)) % cols).astype(np.int32)
+    indptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(dense.sum(1, dtype=np.int32), out=indptr[1:])
+    return sp.csr_matrix((np.ones(indices.size), indices, indptr), shape=(rows, cols))
+
+
+def _fast_gram(x: torch.Tensor) -> torch.Tensor:
+    """Exact ``x @ x.T`` (float64) of a 0/1 matrix; from order 256 on, only the blocks on and
+    above the diagonal (blocks of 128: 28% less time than the full GEMM at order 512)."""
+    if gemm_dtype() == torch.int8 or x.shape[1] >= 2**24 or x.shape[0] < 256:
+        return _exact_gram_product(x)
+    return _symmetric_product(x.to(torch.float32), 128).to(torch.float64)
+
+
+def _top2_fast(x: torch.Tensor, nnz: int | None = None, helper=None) -> tuple[float, float]:
+    """``s1, s2`` of an int8 (or float32) 0/1 matrix by the cheapest route of :func:`_plan`, on
+    the calling thread; given ``helper`` (an executor; nothing else running), half of each
+    Lanczos product runs on it, or the Gram's GEMM on two torch threads."""
+    rows, cols = x.shape
+    nnz = int(np.count_nonzero(x.numpy())) if nnz is None else nnz
+    if nnz == 0:
+        return 0.0, 0.0
+    if min(rows, cols) == 1:
+        return math.sqrt(nnz), 0.0
+    route, _ = _plan(rows, cols, nnz)
+    if route == "gram":
+        # The Gram is exact (integers), so its GEMM may use more threads with the same bits:
+        # with a helper (nothing else running), on two.
+        with contextlib.nullcontext() if helper is None else _torch_threads(2):
+            g = _fast_gram(x if rows < cols else x.T)  # of the smaller side
+        if g.shape[0] <= FAST_DENSE_EIG_MAX:
+            l1, l2 = _top2_eigvalsh(g)
+        else:
+            l1, l2 = _top2_eigenvalues(g.mv, g.shape[0])
+    else:
+        if rows < cols:  # vectors live on the smaller side: the columns of a tall matrix
+            x = x.T.contiguous()
+        op = _GramOperator(x, nnz, sparse=route == "sparse", helper=helper)
+        l1, l2 = _top2_eigenvalues(op, x.shape[1])
+    if l2 <= RANK_ONE_RTOL * l1:
+        l2 = 0.0
+    return math.sqrt(max(l1, 0.0)), math.sqrt(max(l2, 0.0))
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run the block on ``n`` torch threads (on this thread); restore the count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_thread_lock = threading.Lock()
+_thread_depth = 0
+_threads_before = 1
+_openblas_before = 0
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Run torch on one intra-op thread inside the block (nested and concurrent uses share it).
+
+    The fast solver parallelises over whole problems instead (:func:`_solve`): results then do
+    not depend on the thread count, and the 2-core machine is not oversubscribed by spinning
+    thread pools, which made small torch calls many times slower under load.
+    """
+    global _thread_depth, _threads_before, _openblas_before
+    local = _openblas_threads_local()
+    with _thread_lock:
+        if _thread_depth == 0:
+            _threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            _openblas_before = local(1) if local is not None else 0
+        _thread_depth += 1
+    try:
+        yield
+    finally:
+        with _thread_lock:
+            _thread_depth -= 1
+            if _thread_depth == 0:
+                torch.set_num_threads(_threads_before)
+                if local is not None:
+                    local(_openblas_before)
+
+
+def _as_int8(x: torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(x).detach().to("cpu")
+    return (x if x.dtype == torch.bool else x.ne(0)).to(torch.int8).contiguous()
 
 
 def top2_singular_values(
@@ -194,38 +525,56 @@ def top2_singular_values(
 ) -> tuple[float, float]:
     """The two largest singular values of a 0/1 matrix ``x`` (any orientation), in float64.
 
-    ``solver``: ``"dense"`` (exact Gram of the smaller side, then an eigensolver chosen by its
-    order), ``"sparse"`` (Lanczos on the sparse matrix) or ``"auto"`` (dense unless the matrix
-    is both large and very sparse, where the Gram product would be mostly wasted work).
+    ``solver``: ``"auto"`` (the fast path: Lanczos on ``B^T B`` through the mask itself, sparse
+    or dense, or on the exact Gram matrix of the smaller side, whichever :func:`_plan` finds
+    cheapest; converged until ``s2`` is within ~1e-9 relative of the exact value), ``"exact"``
+    (the oracle: exact Gram of the smaller side, LAPACK or ARPACK; ``"dense"`` is its former
+    name) or ``"sparse"`` (ARPACK's ``svds`` on the sparse matrix, an independent check).
     ``nnz``, if the caller knows it, saves a pass over ``x``.
     """
-    if solver not in ("auto", "dense", "sparse"):
-        raise ValueError(f"unknown solver {solver!r}; choose auto, dense or sparse")
+    if solver not in SOLVERS + ("dense",):
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if x.numel() == 0 or min(x.shape) == 0:
         return 0.0, 0.0
     if min(x.shape) == 1:
         return math.sqrt(float(x.sum())), 0.0
     if solver == "auto":
-        small, large = sorted(x.shape)
-        nnz = int(x.sum()) if nnz is None else nnz
-        # Dense Gram costs small**2 * large multiply-adds in fast int8 GEMM; sparse Lanczos
-        # costs ~2 * nnz per iteration, a few hundred iterations, at much lower throughput.
-        solver = "sparse" if small > 8192 and nnz * 2000 < small * small * large else "dense"
-    return _top2_sparse(x) if solver == "sparse" else _top2_dense(x)
+        with _one_torch_thread():
+            return _top2_fast(_as_int8(x), nnz)
+    return _top2_sparse(x) if solver == "sparse" else _top2_exact(x)
 
 
 # --------------------------------------------------------------------------- one layer
-def biadjacency(mask: torch.Tensor) -> torch.Tensor:
+def _check_mask(mask: torch.Tensor, name: str) -> None:
+    """A mask must be boolean or hold only 0 and 1 (a score tensor or NaNs are mistakes)."""
+    if mask.dtype == torch.bool:
+        return
+    if mask.is_complex():
+        raise ValueError(f"mask of layer {name!r} is complex ({mask.dtype}): pass a bool mask")
+    bad = (mask != 0) & (mask != 1)  # NaN is neither
+    if bool(bad.any()):
+        found = mask[bad].flatten()[0].item()
+        raise ValueError(
+            f"mask of layer {name!r} holds values other than 0 and 1 (found {found:g}): pass a "
+            "bool mask, e.g. scores > threshold or lib.pruning.global_mask(scores, density)"
+        )
+
+
+def biadjacency(mask: torch.Tensor, name: str = "<mask>") -> torch.Tensor:
     """The 0/1 biadjacency matrix ``B`` (``|L| x |R|``) of a weight mask, as bool.
 
-    ``mask`` has the weight's shape: ``(out, in)`` or ``(out, in, kh, kw)``.
+    ``mask`` has the weight's shape, ``(out, in)`` or ``(out, in, kh, kw)``, and is boolean or
+    holds only 0 and 1; anything else raises a ``ValueError`` naming the layer ``name``.
     """
     mask = torch.as_tensor(mask)
     if mask.dim() < 2:
         raise ValueError(
-            f"a layer mask needs at least 2 dimensions (out, in, ...), got shape {tuple(mask.shape)}"
+            f"mask of layer {name!r} needs at least 2 dimensions (out, in, ...), "
+            f"got shape {tuple(mask.shape)}"
         )
-    mask = mask.detach().to("cpu").reshape(mask.shape[0], -1)
+    mask = mask.detach().to("cpu")
+    _check_mask(mask, name)
+    mask = mask.reshape(mask.shape[0], -1)
     return (mask if mask.dtype == torch.bool else mask.ne(0)).T
 
 
@@ -233,27 +582,112 @@ def _nan_metrics() -> dict:
     return {k: math.nan for k in METRICS + EXTRA}
 
 
-def _imdb(b: torch.Tensor, deg_left: torch.Tensor, solver: str) -> dict:
-    """IMDB over the d-left-regular subgraphs ``K_d`` (metrics.md §3).
+class _Layer:
+    """One layer's graph, prepared once: isolated vertices dropped, left vertices (rows) sorted
+    by degree so that every IMDB class ``K_d`` is a contiguous row slice of one matrix, and the
+    list of singular-value problems (:meth:`problems`) whose answers :meth:`metrics` assembles."""
 
-    ``b`` holds only non-isolated vertices (rows: left, columns: right).
-    """
-    order = torch.argsort(deg_left, stable=True)
-    sorted_deg = deg_left[order]
-    values, counts = torch.unique_consecutive(sorted_deg, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
+    def __init__(self, mask: torch.Tensor, name: str):
+        # Work on the weight's layout (rows: right vertices) until the one transposing copy:
+        # dropping isolated right vertices is then a cheap row gather, not a column gather.
+        # int8 0/1 (a bool view): numpy's integer sums on it are vectorised (torch's are ~20x
+        # slower); int32 accumulation is exact, as a degree is below 2**31.
+        weight = biadjacency(mask, name).T.contiguous().view(torch.int8).numpy()
+        self.size_right, self.size_left = weight.shape
+        deg_left = torch.from_numpy(weight.sum(0, dtype=np.int32)).to(torch.int64)
+        deg_right = weight.sum(1, dtype=np.int32)
+        self.edges = int(deg_left.sum())
+        self.classes: list[tuple[int, int, int, int]] = []  # (d, start, stop, n_right)
+        if self.edges == 0:
+            self.b, self.b32 = torch.zeros(0, 0, dtype=torch.int8), None
+            return
+        if (deg_right == 0).any():
+            weight = weight[np.flatnonzero(deg_right)]
+        keep_left = torch.nonzero(deg_left, as_tuple=True)[0]
+        order = keep_left[torch.argsort(deg_left[keep_left], stable=True)]
+        # rows: left vertices sorted by degree; numpy copies whole rows (torch's int8 gather is slow)
+        rows = np.ascontiguousarray(weight.T)[order.numpy()]
+        self.b = torch.from_numpy(rows)
+        # The class Grams' GEMMs run in float32: convert once where that copy is small.
+        self.b32 = self.b.to(torch.float32) if rows.size <= CLASS_FLOAT_COPY_MAX else None
+        values, counts = np.unique(deg_left[order].numpy(), return_counts=True)  # sorted already
+        starts = np.cumsum(counts) - counts
+        for d, n_d, start in zip(values.tolist(), counts.tolist(), starts.tolist()):
+            if d >= MIN_DEGREE and n_d >= MIN_CLASS_SIZE:
+                # right vertices of K_d (a loop of row maxima is ~20x faster than reduceat)
+                n_right = int(np.count_nonzero(rows[start:start + n_d].max(0)))
+                if d * n_d / n_right >= MIN_DEGREE:
+                    self.classes.append((d, start, start + n_d, n_right))
+
+    @property
+    def whole_defined(self) -> bool:
+        n_left, n_right = self.b.shape
+        return self.edges > 0 and self.edges / n_left >= MIN_DEGREE and self.edges / n_right >= MIN_DEGREE
+
+    def problems(self) -> list[tuple[object, Callable, str, float]]:
+        """``(key, solve, route, estimated cost)`` for the whole layer (key ``"whole"``) and for
+        every counted class (key ``d``); ``solve(helper)`` returns ``(s1, s2)``."""
+        out = []
+        if self.whole_defined:
+            route, cost = _plan(*self.b.shape, self.edges)
+            out.append(("whole", functools.partial(_top2_fast, self.b, self.edges), route, cost))
+        for d, start, stop, n_right in self.classes:
+            route, cost = _plan(stop - start, n_right, d * (stop - start))
+            out.append((d, functools.partial(self._class_top2, d, start, stop, n_right), route, cost))
+        return out
+
+    def class_matrix(self, start: int, stop: int, n_right: int) -> torch.Tensor:
+        """Rows ``start:stop`` (one class ``K_d``), without their isolated columns when that
+        makes the smaller side smaller."""
+        rows = (self.b if self.b32 is None else self.b32)[start:stop]
+        if n_right < min(stop - start, rows.shape[1]):
+            rows = rows[:, torch.from_numpy(rows.numpy().max(0) > 0)]
+        return rows
+
+    def _class_top2(self, d: int, start: int, stop: int, n_right: int, helper=None) -> tuple[float, float]:
+        return _top2_fast(self.class_matrix(start, stop, n_right), d * (stop - start), helper)
+
+    def metrics(self, solved: Mapping) -> dict:
+        """All metrics, from the singular values of :meth:`problems` keyed as there."""
+        out = _nan_metrics()
+        out.update(size_left=float(self.size_left), size_right=float(self.size_right))
+        size = self.size_left * self.size_right
+        out["layer_density"] = self.edges / size if size else math.nan
+        out["edges"] = float(self.edges)
+        if self.edges == 0:
+            out.update(n_left=0.0, n_right=0.0, imdb_classes=0.0)
+            return out
+        n_left, n_right = self.b.shape
+        d_left, d_right = self.edges / n_left, self.edges / n_right
+        out.update(n_left=float(n_left), n_right=float(n_right), d_left=d_left, d_right=d_right)
+        out.update(_imdb_from(self.classes, solved))
+        if not self.whole_defined:
+            return out
+        mu0, mu_hat = solved["whole"]
+        bound = math.sqrt(d_left - 1) + math.sqrt(d_right - 1)
+        # Reference NaRC: S = all non-isolated left vertices, |E(S, N(S))| counted over both
+        # directions of each edge (hence 2E); normalised by the full layer size (metrics.md §3).
+        narc = (
+            (mu_hat**2 / 4 + 1) * math.sqrt(n_left * n_right)
+            - abs(2 * self.edges - (d_left / self.size_right) * n_left * n_right)
+        ) / size
+        out.update(
+            mu0=mu0,
+            mu_hat=mu_hat,
+            delta_s=2 * math.sqrt(mu0 - 1) - mu_hat,
+            delta_r=bound - mu_hat,
+            delta_r_norm=(bound - mu_hat) / bound,
+            narc=narc,
+        )
+        return out
+
+
+def _imdb_from(classes: list, solved: Mapping) -> dict:
+    """IMDB over the d-left-regular subgraphs ``K_d`` (metrics.md §3)."""
     gaps, gaps_norm, gaps_s = [], [], []
-    for d, n_d, start in zip(values.tolist(), counts.tolist(), starts.tolist()):
-        if d < MIN_DEGREE or n_d < MIN_CLASS_SIZE:
-            continue
-        rows = b[order[start : start + n_d]]
-        rows = rows[:, rows.amax(0) > 0]  # drop right vertices isolated in K_d
-        n_right = rows.shape[1]
-        d_right = d * n_d / n_right
-        if d_right < MIN_DEGREE:
-            continue
-        s1, s2 = top2_singular_values(rows, solver, nnz=d * n_d)
-        bound = math.sqrt(d - 1) + math.sqrt(d_right - 1)
+    for d, start, stop, n_right in classes:
+        s1, s2 = solved[d]
+        bound = math.sqrt(d - 1) + math.sqrt(d * (stop - start) / n_right - 1)
         gaps.append(bound - s2)
         gaps_norm.append((bound - s2) / bound)
         gaps_s.append(2 * math.sqrt(s1 - 1) - s2)
@@ -267,7 +701,72 @@ def _imdb(b: torch.Tensor, deg_left: torch.Tensor, solver: str) -> dict:
     }
 
 
-def layer_metrics(mask: torch.Tensor, solver: str = "auto") -> dict:
+# A problem estimated to take longer than this (ns) runs alone, before the pool takes the many
+# small ones: its Lanczos products split over two threads, or its Gram's GEMM on two threads.
+SOLO_COST = 3e8
+
+
+def _init_worker() -> None:
+    # OpenMP's and OpenBLAS's thread counts are per thread: set them in each worker.
+    torch.set_num_threads(1)
+    if _openblas_threads_local() is not None:
+        _openblas_threads_local()(1)
+
+
+def _solve(layers: list[_Layer], solver: str, workers: int, progress: bool = False) -> list[dict]:
+    """Every singular-value problem of ``layers``, then their metrics (one dict per layer).
+
+    The fast solver runs the largest Lanczos problems one at a time, each product split over
+    two threads, then the rest ``workers`` at a time, costliest first, each on one thread.
+    Every answer depends only on its own problem (a product is split the same way whatever
+    runs it), so results are bit-identical whatever the worker count or finishing order.
+    """
+    tasks = [(i, *problem) for i, layer in enumerate(layers) for problem in layer.problems()]
+    solved: list[dict] = [{} for _ in layers]
+    shown = bar(enabled=progress, total=len(tasks), desc="layer metrics", leave=False)
+    if solver == "auto":
+        tasks.sort(key=lambda t: -t[4])
+        solo = [t for t in tasks if t[4] >= SOLO_COST]
+        rest = [t for t in tasks if t[4] < SOLO_COST]
+        with _one_torch_thread(), contextlib.ExitStack() as stack:
+            pool = None
+            if workers > 1:
+                pool = stack.enter_context(ThreadPoolExecutor(workers, initializer=_init_worker))
+            helper = None
+            if pool is not None and solo:
+                helper = stack.enter_context(ThreadPoolExecutor(1, initializer=_init_worker))
+            for i, key, solve, _, _ in solo:
+                solved[i][key] = solve(helper=helper)
+                shown.update()
+            if pool is None:
+                answers = ((t, t[2]()) for t in rest)
+            else:
+                answers = zip(rest, pool.map(lambda t: t[2](), rest))
+            for (i, key, *_), answer in answers:
+                solved[i][key] = answer
+                shown.update()
+    else:
+        for i, key, *_ in tasks:
+            layer = layers[i]
+            if key == "whole":
+                x = layer.b
+            else:
+                d, start, stop, n_right = next(c for c in layer.classes if c[0] == key)
+                x = layer.class_matrix(start, stop, n_right)
+            solved[i][key] = top2_singular_values(x, solver)
+            shown.update()
+    shown.close()
+    return [layer.metrics(s) for layer, s in zip(layers, solved)]
+
+
+def _default_workers() -> int:
+    # torch's thread count honours OMP_NUM_THREADS, which a runner sharing the cores has set
+    return max(1, min(2, torch.get_num_threads()))
+
+
+def layer_metrics(
+    mask: torch.Tensor, solver: str = "auto", name: str = "<mask>", workers: int | None = None
+) -> dict:
     """All graph metrics of one layer's mask, as a dict of floats (NaN where undefined).
 
     Keys: ``n_left, n_right`` (non-isolated vertices), ``edges``, ``d_left, d_right`` (their
@@ -278,48 +777,19 @@ def layer_metrics(mask: torch.Tensor, solver: str = "auto") -> dict:
 
     The whole-layer metrics exist only when ``d_left >= 3`` and ``d_right >= 3``; IMDB has its
     own rule (metrics.md §2-3). Isolated vertices are dropped first; only NaRC's normalisation
-    uses the full ``|L| * |R|``.
+    uses the full ``|L| * |R|``. ``mask`` must be boolean or 0/1 (else a ``ValueError`` naming
+    ``name``); ``solver`` is as in :func:`top2_singular_values`; ``workers`` (default: up to 2)
+    is how many singular-value problems the fast solver runs at once.
     """
-    # int8 0/1: sums and integer GEMMs on it are fast and exact (bool sums are slow in torch).
-    b = biadjacency(mask).to(torch.int8).contiguous()  # rows: left vertices
-    size_left, size_right = b.shape
-    out = _nan_metrics()
-    out.update(size_left=float(size_left), size_right=float(size_right))
-    # int32 accumulation is exact (a degree is below 2**31) and twice as fast as int64 here.
-    deg_left = b.sum(1, dtype=torch.int32).to(torch.int64)
-    deg_right = b.sum(0, dtype=torch.int32).to(torch.int64)
-    edges = int(deg_left.sum())
-    out["layer_density"] = edges / (size_left * size_right) if b.numel() else math.nan
-    out["edges"] = float(edges)
-    if edges == 0:
-        out.update(n_left=0.0, n_right=0.0, imdb_classes=0.0)
-        return out
-    keep_left, keep_right = deg_left > 0, deg_right > 0
-    b = b[keep_left][:, keep_right]
-    n_left, n_right = b.shape
-    d_left, d_right = edges / n_left, edges / n_right
-    out.update(n_left=float(n_left), n_right=float(n_right), d_left=d_left, d_right=d_right)
-    out.update(_imdb(b, deg_left[keep_left], solver))
-    if d_left < MIN_DEGREE or d_right < MIN_DEGREE:
-        return out
+    _check_solver(solver)
+    with _one_torch_thread():  # many small torch calls: a thread pool only adds overhead
+        layer = _Layer(mask, name)
+    return _solve([layer], solver, workers or _default_workers())[0]
 
-    mu0, mu_hat = top2_singular_values(b, solver, nnz=edges)
-    bound = math.sqrt(d_left - 1) + math.sqrt(d_right - 1)
-    # Reference NaRC: S = all non-isolated left vertices, |E(S, N(S))| counted over both
-    # directions of each edge (hence 2E); normalised by the full layer size (metrics.md §3).
-    narc = (
-        (mu_hat**2 / 4 + 1) * math.sqrt(n_left * n_right)
-        - abs(2 * edges - (d_left / size_right) * n_left * n_right)
-    ) / (size_left * size_right)
-    out.update(
-        mu0=mu0,
-        mu_hat=mu_hat,
-        delta_s=2 * math.sqrt(mu0 - 1) - mu_hat,
-        delta_r=bound - mu_hat,
-        delta_r_norm=(bound - mu_hat) / bound,
-        narc=narc,
-    )
-    return out
+
+def _check_solver(solver: str) -> None:
+    if solver not in SOLVERS + ("dense",):
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
 
 
 def narc_literal(mask: torch.Tensor, left_subset) -> float:
@@ -348,13 +818,16 @@ def narc_literal(mask: torch.Tensor, left_subset) -> float:
 
 # --------------------------------------------------------------------------- whole models
 def _masks_from(masks_or_model) -> Mapping[str, torch.Tensor]:
+    """``{layer name: mask}`` of a mapping, or of a model pruned with ``torch.nn.utils.prune``
+    (its ``weight_mask`` buffers; an unpruned Conv2d/Linear counts as dense)."""
     if isinstance(masks_or_model, torch.nn.Module):
         from .models import prunable_layers
 
-        # torch.nn.utils.prune keeps each mask in a ``weight_mask`` buffer; unpruned layers are dense.
-        return {name: m.weight_mask.detach().cpu() != 0 if hasattr(m, "weight_mask")
-                else torch.ones(m.weight.shape, dtype=torch.bool)
-                for name, m in prunable_layers(masks_or_model).items()}
+        return {
+            name: module.weight_mask.detach() if hasattr(module, "weight_mask")
+            else torch.ones(module.weight.shape, dtype=torch.bool)
+            for name, module in prunable_layers(masks_or_model).items()
+        }
     if isinstance(masks_or_model, Mapping):
         return masks_or_model
     raise TypeError(
@@ -363,16 +836,23 @@ def _masks_from(masks_or_model) -> Mapping[str, torch.Tensor]:
     )
 
 
-def model_metrics(masks_or_model, solver: str = "auto", progress: bool = False) -> pd.DataFrame:
+def model_metrics(
+    masks_or_model, solver: str = "auto", progress: bool = False, workers: int | None = None
+) -> pd.DataFrame:
     """One row per prunable layer: a ``layer`` column plus every key of :func:`layer_metrics`.
 
     Accepts ``{layer name: bool mask}`` or a model pruned with ``torch.nn.utils.prune`` (its
-    ``weight_mask`` buffers are read; unpruned Conv2d/Linear layers count as dense).
+    ``weight_mask`` buffers are read; unpruned Conv2d/Linear layers count as dense). Every
+    layer's mask is checked first, so a bad one fails before any work. ``progress`` shows a bar
+    over the singular-value problems; ``workers`` is as in :func:`layer_metrics`.
     """
-    masks = _masks_from(masks_or_model)
-    items = bar(list(masks.items()), enabled=progress, desc="layer metrics", leave=False)
-    rows = [{"layer": name, **layer_metrics(mask, solver)} for name, mask in items]
-    return pd.DataFrame(rows, columns=["layer", *METRICS, *EXTRA])
+    _check_solver(solver)
+    items = list(_masks_from(masks_or_model).items())
+    with _one_torch_thread():  # many small torch calls: a thread pool only adds overhead
+        layers = [_Layer(mask, name) for name, mask in items]
+    rows = _solve(layers, solver, workers or _default_workers(), progress)
+    names = [name for name, _ in items]
+    return pd.DataFrame([{"layer": n, **r} for n, r in zip(names, rows)], columns=["layer", *METRICS, *EXTRA])
 
 
 SUMMARY_METRICS = (
