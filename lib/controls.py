@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from .data import DATASET_SHAPES
+from .progress import bar
 from .settings import KEYS
 
 # Below this share of kept (or dropped) weights, drawing positions beats a Bernoulli pass.
@@ -159,11 +160,7 @@ def mask_controls(keys: Mapping, counts: Mapping[str, tuple[int, int, int]], dra
         raise ValueError(f"draws must be >= 1, got {draws}")
     key_cols = _canonical_keys(keys)
     frames = []
-    todo = range(first_draw, first_draw + draws)
-    if progress:
-        from tqdm.auto import tqdm
-
-        todo = tqdm(todo, desc="control draws", leave=False)
+    todo = bar(range(first_draw, first_draw + draws), enabled=progress, desc="control draws", leave=False)
     for i in todo:
         rng = np.random.default_rng(control_seed(keys, i, seed))
         masks = {name: random_layer_mask(left, right, kept, rng) for name, (left, right, kept) in counts.items()}
@@ -183,11 +180,7 @@ def controls_table(layers: pd.DataFrame, draws: int = 1, seed: int = 0, methods=
         raise ValueError("controls_table needs a layers table with arch, dataset, layer and the mask keys "
                          f"({', '.join(KEYS)}): lib.workbook.collect(grid)['layers']")
     sel = layers if methods is None else layers[layers["method"].isin(list(methods))]
-    groups = list(sel.groupby(keys, sort=False))
-    if progress:
-        from tqdm.auto import tqdm
-
-        groups = tqdm(groups, desc="controls")
+    groups = bar(list(sel.groupby(keys, sort=False)), enabled=progress, desc="controls")
     frames = []
     for key, mask in groups:
         k = dict(zip(keys, key))

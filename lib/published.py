@@ -30,6 +30,7 @@ import pandas as pd
 
 from .data import DATASET_SHAPES
 from .files import DATA, atomic_write
+from .progress import bar
 from .settings import KEYS
 from .workbook import join_results, mask_summaries
 
@@ -195,11 +196,7 @@ def convert(source: str | Path, out: str | Path = FOLDER, progress: bool = False
     """
     source, out = Path(source), Path(out)
     runs, summaries = _release_files(source)
-    items = runs
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(runs, desc="release files")
+    items = bar(runs, enabled=progress, desc="release files")
     layer_frames, history_frames, read = [], [], []
     for rel, keys in items:
         raw = (source / rel).read_bytes()
