@@ -23,6 +23,10 @@ PROFILES = REPO / "profiles"
 NOTEBOOKS = REPO / "notebooks"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def in_repo(path: Path | str) -> Path:
     """``path`` as given if absolute, else relative to the repository (not the working directory)."""
     path = Path(path)
@@ -35,6 +39,7 @@ def atomic_write(path: Path | str, write: Callable[[str], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the file the usual mode
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -287,3 +287,27 @@ def test_converter_rejects_layers_that_are_not_the_models(small_release, tmp_pat
     path.write_text(path.read_text().replace("classifier.6", "classifier.7"))
     with pytest.raises(ValueError, match="not the workbook's prunable layers of vgg16"):
         published.convert(small_release, tmp_path / "out")
+
+
+def test_committed_controls_are_what_the_checker_draws_for_the_released_densities(tables):
+    """data/published/controls.csv.gz (scripts/published_controls.py) holds one draw per mask;
+    two ResNet-34 masks are drawn and measured again here and must come out identical."""
+    from lib import controls
+
+    table = published.controls()
+    assert table is not None and table.groupby(KEYS).ngroups == len(tables["masks"])
+    assert set(table["draw"]) == {0} and table["control"].all()
+    layers = tables["layers"]
+    for method, density in (("SNIP", 0.01), ("Rand", 0.4)):
+        sel = (layers["dataset"] == "cifar10") & (layers["arch"] == "resnet34") & (layers["method"] == method) \
+            & (layers["density"] == density) & (layers["seed"] == 2)
+        mask = layers[sel]
+        keys = mask[KEYS].iloc[0].to_dict()
+        again = controls.mask_controls(keys, controls.layer_counts(mask), draws=1)
+        stored = table.merge(pd.DataFrame([keys]), on=KEYS)
+        assert list(stored["layer"]) == list(mask["layer"])
+        # the random masks keep exactly the released per-layer counts
+        np.testing.assert_array_equal(stored["edges"].to_numpy(), mask["edges"].round().to_numpy())
+        for column in ("mu_hat", "delta_r_norm", "imdb_norm", "narc"):
+            np.testing.assert_allclose(stored[column].to_numpy(float), again[column].to_numpy(float),
+                                       rtol=1e-12, equal_nan=True, err_msg=column)
