@@ -89,11 +89,13 @@ _OPTIONS = {
     "Rand": set(),
     "SNIP": set(),
     "GraSP": {"temperature"},
-    "SynFlow": {"rounds", "progress", "input_shape"},
+    "SynFlow": {"rounds", "progress", "input_shape", "readout"},
     "iterSNIP": {"rounds", "progress"},
 }
 _SAMPLE = 100_000  # values sampled to bracket the global threshold on large models (sorting 1M cost more than the band saved)
+_SIGMAS = 6.0  # a sampled bracket lies this many standard deviations of a sample rank from its target
 _CHUNK = 1 << 22
+_OUTER_CHUNK = 1 << 16  # scores of a Linear layer computed per step (512 KB in float64: stays in the cache)
 
 
 class LayerCollapseWarning(UserWarning):
@@ -129,11 +131,13 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th largest value of a 1-D tensor (1 <= k <= n), in O(n).
+    """The ``k``-th largest value of a 1-D tensor without NaN (1 <= k <= n), in O(n).
 
     ``torch.kthvalue`` on 138M values takes ~5 s on 2 cores; instead a strided sample brackets
     the value, and ``kthvalue`` runs on the (small) band between the brackets. The bracket is
-    checked by counting, so the answer is exact whatever the sample looks like.
+    checked by counting, so the answer is exact whatever the sample looks like. ``-inf``
+    values (weights an iterative method removed: most of them at low density) are counted,
+    never put in the band, so a bracket reaching down to them costs no more than another.
     """
     n = flat.numel()
     if n <= 4 * _SAMPLE:
@@ -141,24 +145,31 @@ def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
     sample = flat[:: n // _SAMPLE].sort().values
     r = sample.numel()
     pos = r - k * r / n  # ascending position of the k-th largest in the sample
-    margin = 1000  # ~6 standard deviations of a sample rank at r = 100k
-    while margin < r:
-        lo_i, hi_i = math.floor(pos) - margin, math.ceil(pos) + margin
-        lo = sample[lo_i] if lo_i > 0 else flat.new_tensor(-math.inf)
+    margin = _SIGMAS * math.sqrt(r * (k / n) * (1 - k / n)) + 8  # sd of a sample rank, times _SIGMAS
+    neg_inf = flat.new_tensor(-math.inf)
+    while True:
+        lo_i, hi_i = math.floor(pos - margin), math.ceil(pos + margin)
+        lo = sample[lo_i] if lo_i > 0 else neg_inf
         hi = sample[hi_i] if hi_i < r - 1 else flat.new_tensor(math.inf)
         above = int((flat > hi).count_nonzero())
-        if bool(lo == hi):  # the bracket is one (tied) value
-            if above < k <= int((flat >= lo).count_nonzero()):
-                return lo
-        else:
-            band = flat[(flat >= lo) & (flat <= hi)]
-            if above < k <= above + band.numel():
-                j = k - above  # the answer is the j-th largest of the band
-                if band.numel() < n // 2:
-                    return _kth_largest(band, j)
-                return torch.kthvalue(band, band.numel() - j + 1).values
+        if above < k:
+            if bool(lo == hi):  # the bracket is one (tied) value
+                if k <= above + int((flat == lo).count_nonzero()):
+                    return lo
+            else:
+                in_band = (flat > lo) if bool(lo == neg_inf) else (flat >= lo)
+                band = flat[in_band.logical_and_(flat <= hi)]
+                del in_band
+                if k <= above + band.numel():
+                    j = k - above  # the answer is the j-th largest of the band
+                    if band.numel() < n // 2:
+                        return _kth_largest(band, j)
+                    return torch.kthvalue(band, band.numel() - j + 1).values
+                if bool(lo == neg_inf):  # everything below the band is -inf
+                    return neg_inf
+        if lo_i <= 0 and hi_i >= r - 1:  # unreachable: the widest bracket always decides
+            return torch.kthvalue(flat, n - k + 1).values
         margin *= 16
-    return torch.kthvalue(flat, n - k + 1).values
 
 
 def _top_k_flags(flat: torch.Tensor, k: int) -> torch.Tensor:
@@ -353,10 +364,10 @@ def _progress(iterable, enabled: bool, desc: str):
 
 
 class _FlatScores:
-    """Scores of all layers in one flat buffer (model order), and the alive flags of a round.
+    """Scores of all layers in one flat buffer (model order), and the kept flags of a round.
 
-    Iterative methods select among all weights with dead ones at ``-inf``: this is exactly
-    ``global_mask`` on the returned scores, so the final mask can be reproduced from them.
+    For iterSNIP, which ranks every weight each round: the kept flags are exactly
+    ``global_mask`` of the returned scores, so the final mask can be reproduced from them.
     """
 
     def __init__(self, names, shapes, dtype, device):
@@ -364,25 +375,337 @@ class _FlatScores:
         self.sizes = [math.prod(s) for s in shapes]
         self.flat = torch.empty(sum(self.sizes), dtype=dtype, device=device)
         self.views = [v.view(s) for v, s in zip(self.flat.split(self.sizes), shapes)]
-        self.alive = torch.ones(self.flat.numel(), dtype=torch.bool, device=device)
+        self.keep = torch.ones(self.flat.numel(), dtype=torch.bool, device=device)
 
-    def alive_views(self):
-        return [a.view(s) for a, s in zip(self.alive.split(self.sizes), self.shapes)]
+    def keep_views(self):
+        return [a.view(s) for a, s in zip(self.keep.split(self.sizes), self.shapes)]
 
     def select(self, method: str, r: int, k: int) -> None:
-        """Dead weights to -inf, check finiteness, keep the top ``k`` as the new alive set."""
-        self.flat.masked_fill_(~self.alive, -math.inf)
-        top = float(self.flat.max())
-        if not math.isfinite(top):
-            bad = next(n for n, v in zip(self.names, self.views) if not bool(torch.isfinite(v.max())))
+        """Check finiteness, keep the top ``k`` of all scores (ties to the earliest)."""
+        if not math.isfinite(float(self.flat.max())):
+            bad = next(n for n, v in zip(self.names, self.views) if not bool(torch.isfinite(v).all()))
             raise FloatingPointError(f"{method} scores of {bad!r} are not finite in round {r}")
-        self.alive = _top_k_flags(self.flat, k)
+        self.keep = _top_k_flags(self.flat, k)
 
     def scores(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.views))
 
 
-def _score_synflow(model, density, batches, device, rounds=100, progress=True, input_shape=None):
+class _DenseScores:
+    """One layer's scores, held in memory (from a materialised weight gradient)."""
+
+    def __init__(self, s: torch.Tensor):
+        self.s = s.reshape(-1)
+
+    def at(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.s[idx]
+
+    def finite(self, alive: torch.Tensor) -> bool:
+        """Whether every alive score is finite (removed weights score 0 unless the gradient is not finite)."""
+        if self.s.numel() == 0 or math.isfinite(float(self.s.max())):
+            return True
+        return bool(torch.isfinite(self.s[alive]).all())
+
+    def below(self, hi: torch.Tensor, alive: torch.Tensor, flags: torch.Tensor):
+        """(positions, scores) of the alive weights scoring below ``hi``, in order."""
+        f = flags[: self.s.numel()]
+        torch.lt(self.s, hi, out=f)
+        idx = f.logical_and_(alive).nonzero().squeeze(1)
+        return idx, self.s[idx]
+
+    def split(self, v: torch.Tensor, alive: torch.Tensor, flags: torch.Tensor):
+        """(positions of the alive weights scoring below ``v``, number scoring exactly ``v``)."""
+        f = flags[: self.s.numel()]
+        torch.lt(self.s, v, out=f)
+        idx = f.logical_and_(alive).nonzero().squeeze(1)
+        torch.eq(self.s, v, out=f)
+        return idx, int(f.logical_and_(alive).count_nonzero())
+
+    def equal(self, v: torch.Tensor, alive: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+        """Positions of the alive weights scoring exactly ``v``, in order."""
+        f = flags[: self.s.numel()]
+        torch.eq(self.s, v, out=f)
+        return f.logical_and_(alive).nonzero().squeeze(1)
+
+    def write(self, out: torch.Tensor) -> None:
+        out.copy_(self.s.view(out.shape))
+
+
+class _OuterScores:
+    """A Linear layer's SynFlow scores ``(|g_i| |x_j|) w_ij``, never materialised as a whole.
+
+    At batch 1 a Linear layer's weight gradient is the outer product of its output gradient
+    ``g`` and its input ``x``, and its scores are ``|g_i x_j w_ij|`` (``w >= 0``: the
+    abs-valued network). Multiplying ``g_i x_j`` first, then by ``w_ij``, rounds exactly as
+    autograd's gradient times ``w`` does, so the scores are bit-identical to those; they are
+    computed a cache-sized block of rows at a time, where needed.
+    """
+
+    def __init__(self, g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, w_max: float):
+        self.g, self.x, self.w, self.w_max = g, x, w, w_max  # g: (out,), x: (in,) both >= 0; w: (out, in)
+        self.rows = max(1, _OUTER_CHUNK // max(1, w.shape[1]))
+
+    def at(self, idx: torch.Tensor) -> torch.Tensor:
+        rows = torch.div(idx, self.w.shape[1], rounding_mode="floor")
+        return (self.g[rows] * self.x[idx - rows * self.w.shape[1]]) * self.w.view(-1)[idx]
+
+    def _blocks(self, work: torch.Tensor):
+        """Yield (first row, scores of a block of rows) in ``work`` (reused, overwritten)."""
+        out, inp = self.w.shape
+        for i in range(0, out, self.rows):
+            j = min(out, i + self.rows)
+            block = work[: (j - i) * inp].view(j - i, inp)
+            torch.mul(self.g[i:j, None], self.x[None, :], out=block)
+            yield i, block.mul_(self.w[i:j])
+
+    def finite(self, alive: torch.Tensor, work: torch.Tensor) -> bool:
+        if self.w.numel() == 0:
+            return True
+        bound = float(self.g.max()) * float(self.x.max()) * self.w_max  # rounding is monotone: no score exceeds it
+        if math.isfinite(bound):
+            return True
+        return all(bool(torch.isfinite(b[alive[i : i + b.shape[0]]]).all()) for i, b in self._blocks(work))
+
+    def below(self, hi: torch.Tensor, alive: torch.Tensor, flags: torch.Tensor, work: torch.Tensor):
+        inp = self.w.shape[1]
+        idx, vals = [], []
+        for i, block in self._blocks(work):
+            f = flags[: block.numel()].view(block.shape)
+            torch.lt(block, hi, out=f)
+            local = f.logical_and_(alive[i : i + block.shape[0]]).view(-1).nonzero().squeeze(1)
+            if local.numel():
+                idx.append(local + i * inp)
+                vals.append(block.view(-1)[local])
+        if not idx:
+            return self.g.new_zeros(0, dtype=torch.int64), self.g.new_zeros(0)
+        return torch.cat(idx), torch.cat(vals)
+
+    def split(self, v: torch.Tensor, alive: torch.Tensor, flags: torch.Tensor, work: torch.Tensor):
+        inp = self.w.shape[1]
+        idx, equal = [], 0
+        for i, block in self._blocks(work):
+            f = flags[: block.numel()].view(block.shape)
+            a = alive[i : i + block.shape[0]]
+            torch.lt(block, v, out=f)
+            local = f.logical_and_(a).view(-1).nonzero().squeeze(1)
+            if local.numel():
+                idx.append(local + i * inp)
+            torch.eq(block, v, out=f)
+            equal += int(f.logical_and_(a).count_nonzero())
+        return (torch.cat(idx) if idx else self.g.new_zeros(0, dtype=torch.int64)), equal
+
+    def equal(self, v: torch.Tensor, alive: torch.Tensor, flags: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+        inp = self.w.shape[1]
+        idx = []
+        for i, block in self._blocks(work):
+            f = flags[: block.numel()].view(block.shape)
+            torch.eq(block, v, out=f)
+            local = f.logical_and_(alive[i : i + block.shape[0]]).view(-1).nonzero().squeeze(1)
+            if local.numel():
+                idx.append(local + i * inp)
+        return torch.cat(idx) if idx else self.g.new_zeros(0, dtype=torch.int64)
+
+    def write(self, out: torch.Tensor) -> None:
+        torch.mul(self.g[:, None], self.x[None, :], out=out).mul_(self.w)
+
+
+class _Survivors:
+    """The weights SynFlow has not removed, and the exact choice of those to remove next.
+
+    The masked weights of all layers live in one flat buffer (a removed weight is 0, which
+    is how it leaves the network) beside their alive flags. Each round drops exactly the
+    weights a global top-k over the alive scores would not keep: the lowest, ties at the
+    threshold dropping the LATEST positions (so the earliest are kept, as in ``global_mask``).
+    No sort and no copy of the scores: a strided sample brackets the threshold from above,
+    one pass collects the alive scores below the bracket (a few % of them), and the exact
+    threshold is the k-th value among those; a bracket that turns out too low is widened.
+    """
+
+    def __init__(self, names, weights, device):
+        self.names, self.shapes = names, [w.shape for w in weights]
+        self.sizes = [w.numel() for w in weights]
+        self.offsets = [0]
+        for s in self.sizes:
+            self.offsets.append(self.offsets[-1] + s)
+        self.n = self.offsets[-1]
+        self.flat = torch.empty(self.n, dtype=weights[0].dtype, device=device)
+        self.weights = [v.view(s) for v, s in zip(self.flat.split(self.sizes), self.shapes)]
+        for v, w in zip(self.weights, weights):
+            v.copy_(w)
+        self.alive = torch.ones(self.n, dtype=torch.bool, device=device)
+        self.alive_views = [a.view(s) for a, s in zip(self.alive.split(self.sizes), self.shapes)]
+        self.count = self.n
+        self.work = torch.empty(_OUTER_CHUNK, dtype=self.flat.dtype, device=device)
+        self.flags = torch.empty(max(self.sizes + [_OUTER_CHUNK]), dtype=torch.bool, device=device)
+
+    def check(self, sources, method: str, r: int) -> None:
+        if self.count == 0:
+            return
+        for name, src, alive in zip(self.names, sources, self.alive_views):
+            ok = src.finite(alive.reshape(-1)) if isinstance(src, _DenseScores) else src.finite(alive, self.work)
+            if not ok:
+                raise FloatingPointError(f"{method} scores of {name!r} are not finite in round {r}")
+
+    def scores(self, sources) -> dict[str, torch.Tensor]:
+        """The scores of this round, weights removed in earlier rounds at ``-inf``."""
+        out = torch.empty(self.n, dtype=self.flat.dtype, device=self.flat.device)
+        views = [v.view(s) for v, s in zip(out.split(self.sizes), self.shapes)]
+        for src, v in zip(sources, views):
+            src.write(v)
+        out.masked_fill_(~self.alive, -math.inf)
+        return dict(zip(self.names, views))
+
+    def _sample(self, sources) -> torch.Tensor:
+        """Sorted scores of about ``_SAMPLE`` alive weights, at evenly strided positions."""
+        step = max(1, self.count // _SAMPLE)
+        while step > 1 and any(step % p == 0 for p in (2, 3, 5, 7)):  # no aliasing with row lengths
+            step += 1
+        pos = torch.arange(step // 2, self.n, step, device=self.flat.device)
+        pos = pos[self.alive[pos]]
+        cuts = torch.searchsorted(pos, torch.tensor(self.offsets, device=pos.device)).tolist()
+        vals = [src.at(pos[a:b] - off) for src, off, a, b in zip(sources, self.offsets, cuts, cuts[1:]) if b > a]
+        return torch.cat(vals).sort().values
+
+    def _each(self, method: str, sources, *args):
+        """``method`` of every layer's scores, with its alive flags (and buffers) appended to ``args``."""
+        for src, alive in zip(sources, self.alive_views):
+            if isinstance(src, _DenseScores):
+                yield getattr(src, method)(*args, alive.reshape(-1), self.flags)
+            else:
+                yield getattr(src, method)(*args, alive, self.flags, self.work)
+
+    def _tied(self, sources, v: torch.Tensor, m: int) -> torch.Tensor | None:
+        """The ``m`` to drop if the threshold is ``v`` (everything below, then the latest at ``v``); else None.
+
+        For a threshold inside a large mass of equal scores (ResNet-34's layer4 runs at 1x1, so
+        8 of its 9 kernel taps score exactly 0): the tied scores are counted, not collected.
+        """
+        below, equal = [], 0
+        for off, (idx, c) in zip(self.offsets, self._each("split", sources, v)):
+            below.append(idx + off)
+            equal += c
+        below = torch.cat(below)
+        need = m - below.numel()
+        if not 0 <= need < equal:
+            return None
+        tied = []
+        for j in reversed(range(len(sources))):  # the latest tied positions, layer by layer from the end
+            if need == 0:
+                break
+            src, alive = sources[j], self.alive_views[j]
+            if isinstance(src, _DenseScores):
+                idx = src.equal(v, alive.reshape(-1), self.flags)
+            else:
+                idx = src.equal(v, alive, self.flags, self.work)
+            take = idx[max(0, idx.numel() - need) :]
+            tied.append(take + self.offsets[j])
+            need -= take.numel()
+        return torch.cat([below, *tied])
+
+    def lowest(self, sources, m: int) -> torch.Tensor:
+        """Flat positions of the ``m`` alive weights a top-(count - m) would not keep."""
+        if m <= 0:
+            return torch.zeros(0, dtype=torch.int64, device=self.flat.device)
+        if m >= self.count:
+            return self.alive.nonzero().squeeze(1)
+        inf = self.flat.new_tensor(math.inf)
+        if self.count <= 4 * _SAMPLE:
+            sample, hi = None, inf
+        else:
+            sample = self._sample(sources)
+            r = sample.numel()
+            q = (m + 1) / self.count  # the threshold is the (m+1)-th smallest alive score
+            margin = _SIGMAS * math.sqrt(r * q * (1 - q)) + 8
+            lo_i, hi_i = math.floor(q * r - margin), math.ceil(q * r + margin)
+            if 0 <= lo_i and hi_i < r and bool(sample[lo_i] == sample[hi_i]):  # the bracket is one (tied) value
+                drop = self._tied(sources, sample[lo_i], m)
+                if drop is not None:
+                    return drop
+        while True:
+            if sample is not None:
+                i = math.ceil(q * r + margin)
+                # the first sample value above sample[i]: every score tied with it is a candidate
+                j = int(torch.searchsorted(sample, sample[i], right=True)) if i < r else r
+                hi = sample[j] if j < r else inf
+            idx, vals = [], []
+            for off, (i_, v_) in zip(self.offsets, self._each("below", sources, hi)):
+                idx.append(i_ + off)
+                vals.append(v_)
+            idx, vals = torch.cat(idx), torch.cat(vals)
+            if idx.numel() > m:  # the (m+1) smallest alive scores are all below hi
+                break
+            margin *= 16
+        t = _kth_largest(vals, vals.numel() - m)  # the (m+1)-th smallest: the kept threshold
+        drop = idx[vals < t]
+        need = m - drop.numel()
+        if need > 0:  # ties at the threshold: the latest positions go
+            tied = idx[vals == t]
+            drop = torch.cat([drop, tied[tied.numel() - need :]])
+        return drop
+
+    def remove(self, drop: torch.Tensor) -> None:
+        self.flat.index_fill_(0, drop, 0.0)
+        self.alive.index_fill_(0, drop, False)
+        self.count -= drop.numel()
+
+
+class _LinearTaps:
+    """Forward hooks on Linear layers that keep each one's input and output gradient.
+
+    The output gradient comes from a tensor hook registered on the output before any later
+    in-place op (VGG's ``ReLU(inplace=True)``): it receives the gradient of the output as the
+    layer produced it. ``probe`` records which layers run exactly once on a batch-1 matrix
+    (only those can use :class:`_OuterScores`) and whether each one's input needs gradients.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.grads: dict[str, torch.Tensor] = {}
+        self.tapped: set[str] = set()
+        self._probe: dict[str, list] | None = None
+        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
+
+    def _hook(self, name):
+        def forward(module, inputs, output):
+            x = inputs[0]
+            if self._probe is not None:
+                self._probe.setdefault(name, []).append((x.dim() == 2 and x.shape[0] == 1, x.requires_grad))
+            if name in self.tapped:
+                self.inputs[name] = x.detach().reshape(-1).abs()
+                if output.requires_grad:
+                    output.register_hook(lambda g: self.grads.__setitem__(name, g.detach().reshape(-1).abs()))
+
+        return forward
+
+    def probe(self, run) -> tuple[set[str], bool]:
+        """Run ``run()`` once; return (layers fit for outer-product scores, whether the input needs grad)."""
+        self._probe = {}
+        try:
+            with torch.enable_grad():
+                run()
+            calls = self._probe
+        finally:
+            self._probe = None
+        fit = {n for n, c in calls.items() if len(c) == 1 and c[0][0]}
+        return fit, any(not calls[n][0][1] for n in fit)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+SYNFLOW_READOUTS = ("sum", "log_softmax")
+
+
+def _score_synflow(model, density, batches, device, rounds=100, progress=True, input_shape=None, readout="sum", dtype=torch.float64):
+    """SynFlow (Tanaka et al. 2020): ``rounds`` rounds of scoring the abs-valued network at input 1.
+
+    ``readout``: R = sum(f(1)) ("sum", the SynFlow paper) or sum(log_softmax(f(1)))
+    ("log_softmax", what made the authors' published masks). ``dtype``: float64, as products
+    of |w| along deep paths overflow float32 (float32 only to compare with the reference).
+    """
+    if readout not in SYNFLOW_READOUTS:
+        raise ValueError(f"readout must be 'sum' (the SynFlow paper) or 'log_softmax' (the authors' published masks), got {readout!r}")
     layers = prunable_layers(model)
     names = list(layers)
     if input_shape is None:
@@ -391,38 +714,68 @@ def _score_synflow(model, density, batches, device, rounds=100, progress=True, i
         else:
             m0 = layers[names[0]]
             input_shape = (m0.in_channels, 32, 32) if isinstance(m0, nn.Conv2d) else (m0.in_features,)
-    dtype = torch.float64  # products of |w| along deep paths overflow float32
     tensors = _tensors(model, dtype, absolute=True)  # every parameter AND buffer replaced by |.|
-    weights = [tensors[f"{n}.weight"].requires_grad_() for n in names]  # private copies (abs)
-    buf = _FlatScores(names, [w.shape for w in weights], dtype, device)
+    live = _Survivors(names, [tensors.pop(f"{n}.weight") for n in names], device)  # private copies (abs)
     x = torch.ones((1, *input_shape), dtype=dtype, device=device)
-    for r in _progress(range(1, rounds + 1), progress, "SynFlow rounds"):
-        R = torch.func.functional_call(model, tensors, (x,)).sum()
-        grads = torch.autograd.grad(R, weights)
-        for g, w, v in zip(grads, weights, buf.views):
-            torch.mul(g, w.detach(), out=v).abs_()
-        del grads, R
-        buf.select("SynFlow", r, kept_count(buf.flat.numel(), density ** (r / rounds)))
-        with torch.no_grad():  # removed weights are zero in the next round's network
-            for w, a in zip(weights, buf.alive_views()):
-                w.masked_fill_(~a, 0.0)
-    return buf.scores()
+    taps = _LinearTaps({n: m for n, m in layers.items() if isinstance(m, nn.Linear)})
+    try:
+        leaves = {n: w.detach().requires_grad_() for n, w in zip(names, live.weights) if not isinstance(layers[n], nn.Linear)}
+        tensors.update({f"{n}.weight": leaves.get(n, w) for n, w in zip(names, live.weights)})
+        outer, input_grad = taps.probe(lambda: torch.func.functional_call(model, tensors, (x,)))
+        for n, w in zip(names, live.weights):
+            if n not in leaves and n not in outer:  # a Linear layer run twice, or on more than a vector
+                leaves[n] = tensors[f"{n}.weight"] = w.detach().requires_grad_()
+        taps.tapped = outer
+        w_max = {n: float(w.max()) if w.numel() else 0.0 for n, w in zip(names, live.weights) if n in outer}
+        inputs = list(leaves.values()) + ([x.requires_grad_()] if input_grad else [])
+        scores = None
+        for r in _progress(range(1, rounds + 1), progress, "SynFlow rounds"):
+            taps.inputs.clear()
+            taps.grads.clear()
+            out = torch.func.functional_call(model, tensors, (x,))
+            R = out.sum() if readout == "sum" else F.log_softmax(out, dim=1).sum()
+            grads = dict(zip(leaves, torch.autograd.grad(R, inputs, allow_unused=True)))
+            del R, out
+            sources = []
+            for n, w in zip(names, live.weights):
+                if n in outer:
+                    g = taps.grads.get(n, w.new_zeros(w.shape[0]))  # no gradient: the layer does not reach R
+                    sources.append(_OuterScores(g, taps.inputs[n], w, w_max[n]))
+                else:
+                    g = grads[n] if grads[n] is not None else torch.zeros_like(w)
+                    sources.append(_DenseScores(g.mul_(w).abs_()))
+            del grads
+            live.check(sources, "SynFlow", r)
+            k = kept_count(live.n, density ** (r / rounds))
+            if r == rounds:
+                scores = live.scores(sources)
+            live.remove(live.lowest(sources, live.count - k))
+    finally:
+        taps.remove()
+    return scores
 
 
 def _score_itersnip(model, density, batches, dtype, device, rounds=100, progress=True):
+    """iterSNIP as the reference runs it: every weight is scored every round, so removed ones can return.
+
+    Round r scores ``|dL/dm| = |dL/d(w*m) * w|``: the gradient of the (summed per-batch mean)
+    loss of the network with masked weights ``w*m``, times the DENSE initial weights ``w``;
+    the top ``floor(density**(r/rounds) * N)`` of all weights make the next mask.
+    """
     tensors = _tensors(model, dtype)
     names = list(prunable_layers(model))
-    weights = {n: tensors[f"{n}.weight"].clone().requires_grad_() for n in names}  # private copies
-    buf = _FlatScores(names, [w.shape for w in weights.values()], dtype, device)
+    dense = {n: tensors[f"{n}.weight"] for n in names}
+    masked = {n: w.clone().requires_grad_() for n, w in dense.items()}  # private copies, w * m
+    buf = _FlatScores(names, [w.shape for w in dense.values()], dtype, device)
     for r in _progress(range(1, rounds + 1), progress, "iterSNIP rounds"):
-        grads = _gradient(model, tensors, weights, batches, dtype, device, "iterSNIP")
+        grads = _gradient(model, tensors, masked, batches, dtype, device, "iterSNIP")
         for n, v in zip(names, buf.views):
-            torch.mul(grads[n], weights[n].detach(), out=v).abs_()
+            torch.mul(grads[n], dense[n], out=v).abs_()
         del grads
         buf.select("iterSNIP", r, kept_count(buf.flat.numel(), density ** (r / rounds)))
         with torch.no_grad():
-            for w, a in zip(weights.values(), buf.alive_views()):
-                w.masked_fill_(~a, 0.0)
+            for n, keep in zip(names, buf.keep_views()):
+                torch.mul(dense[n], keep, out=masked[n])
     return buf.scores()
 
 
@@ -459,7 +812,9 @@ def score(model: nn.Module, method: str, batches=None, seed: int = 0, density: f
         elif method == "GraSP":
             scores = _score_grasp(model, batches, dtype, device, float(options.get("temperature", 200.0)))
         elif method == "SynFlow":
-            scores = _score_synflow(model, density, batches, device, _rounds(options), bool(options.get("progress", True)), options.get("input_shape"))
+            scores = _score_synflow(
+                model, density, batches, device, _rounds(options), bool(options.get("progress", True)), options.get("input_shape"), options.get("readout", "sum")
+            )
         else:  # iterSNIP
             scores = _score_itersnip(model, density, batches, dtype, device, _rounds(options), bool(options.get("progress", True)))
     return {n: s.detach().cpu() for n, s in scores.items()}
