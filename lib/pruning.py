@@ -34,11 +34,15 @@ Conventions and choices:
 * SNIP (and GraSP's ``g``) accumulate the gradient over all scoring batches, then take the
   absolute value, as the reference implementation does (``|sum_b g_b * w|``), each batch's loss
   being the mean cross-entropy.
-* Iterative methods (SynFlow, iterSNIP) never revive a removed weight. Their scores are the
-  last round's, with weights removed in earlier rounds at ``-inf``; they are valid only at the
+* Iterative methods (SynFlow, iterSNIP) return the last round's scores, valid only at the
   density they were computed for (``global_mask(scores, density)`` then reproduces the mask).
-* Scores and masks are computed in float32 (float64 for SynFlow), deterministic by seed on
-  the CPU.
+  SynFlow never revives a removed weight (weights removed in earlier rounds score ``-inf``).
+  iterSNIP, as the authors' code does, scores every weight every round with the DENSE
+  weights (``|dL/d(w*m) * w|``), so a weight removed in one round can come back in a later one.
+* SynFlow's ``readout``: ``"sum"`` (R = sum(f(1)), the SynFlow paper; default) or
+  ``"log_softmax"`` (R = sum(log_softmax(f(1))), what produced the authors' published masks).
+* Scores and masks are computed in float32 (float64 for SynFlow, both readouts), deterministic
+  by seed on the CPU.
 * Known behaviour, not a bug: on full-size ResNet-34 with 32x32 inputs (layer4 runs at 1x1),
   SynFlow at density 0.01 removes the whole residual branch of ``layer4.0`` (``conv1`` and
   ``conv2``), as a plain re-implementation of SynFlow does too; the downsample shortcut keeps
@@ -84,6 +88,7 @@ __all__ = [
 
 DATA_METHODS = ("SNIP", "GraSP", "iterSNIP")  # need training batches
 ITERATIVE_METHODS = ("SynFlow", "iterSNIP")  # density-dependent scores
+SYNFLOW_READOUTS = ("sum", "log_softmax")  # R = sum(f(1)) (the SynFlow paper), sum(log_softmax(f(1))) (published masks)
 _OPTIONS = {
     "Dense": set(),
     "Rand": set(),
@@ -547,7 +552,7 @@ class _Survivors:
     Linear layers (``listable``) mostly removed are scanned through an :class:`_AliveList`.
     """
 
-    def __init__(self, names, weights, device, listable=()):
+    def __init__(self, names, weights, device):
         self.names, self.shapes = names, [w.shape for w in weights]
         self.sizes = [w.numel() for w in weights]
         self.offsets = [0]
@@ -561,7 +566,7 @@ class _Survivors:
         self.alive = torch.ones(self.n, dtype=torch.bool, device=device)
         self.alive_views = [a.view(s) for a, s in zip(self.alive.split(self.sizes), self.shapes)]
         self.count = self.n
-        self.listable = [j for j, n in enumerate(names) if n in set(listable)]
+        self.listable: list[int] = []  # indices of Linear layers scored by _OuterScores (may use lists)
         self.layer_alive = list(self.sizes)  # kept up to date for the listable layers only
         self.lists: list[_AliveList | None] = [None] * len(names)
         self.work = torch.empty(2 * _OUTER_CHUNK, dtype=self.flat.dtype, device=device)
@@ -726,9 +731,6 @@ class _LinearTaps:
             h.remove()
 
 
-SYNFLOW_READOUTS = ("sum", "log_softmax")
-
-
 def _score_synflow(model, density, batches, device, rounds=100, progress=True, input_shape=None, readout="sum", dtype=torch.float64):
     """SynFlow (Tanaka et al. 2020): ``rounds`` rounds of scoring the abs-valued network at input 1.
 
@@ -820,7 +822,9 @@ def score(model: nn.Module, method: str, batches=None, seed: int = 0, density: f
     methods (SynFlow, iterSNIP), whose scores depend on it. Options: ``temperature`` (GraSP,
     200), ``rounds`` (SynFlow/iterSNIP, 100), ``progress`` (SynFlow/iterSNIP, True: a tqdm bar),
     ``input_shape`` (SynFlow: shape of one input without the batch dimension; default from the
-    batches, else (in_channels, 32, 32)). Dense scores are all ones. ERK has no score.
+    batches, else (in_channels, 32, 32)), ``readout`` (SynFlow: ``"sum"``, the paper's
+    R = sum(f(1)), or ``"log_softmax"``, the published masks' R = sum(log_softmax(f(1))).
+    Dense scores are all ones. ERK has no score.
     The model is left exactly as it was (weights, mode, requires_grad, masks).
     """
     _check_method(method)
