@@ -444,8 +444,20 @@ class _LayerScores:
 class _DenseScores(_LayerScores):
     """One layer's scores, held in memory (from a materialised weight gradient)."""
 
-    def __init__(self, s: torch.Tensor):
+    def __init__(self, s: torch.Tensor, finite: bool | None = None):
         self.s = s.reshape(-1)
+        self.known_finite = finite
+
+    @classmethod
+    def of_gradient(cls, g: torch.Tensor, w: torch.Tensor, w_max: float) -> _DenseScores:
+        """Scores ``|g * w|`` (``w >= 0``) computed in ``g``'s memory, with one pass to bound them."""
+        if g.numel() == 0:
+            return cls(g, True)
+        lo, hi = (float(v) for v in torch.aminmax(g))
+        s = g.mul_(w)
+        if not lo >= 0:  # (also when NaN) otherwise every score is already >= 0
+            s.abs_()
+        return cls(s, math.isfinite(max(-lo, hi) * w_max) or None)  # rounding is monotone: no score exceeds it
 
     def _blocks(self, alive, work, listed):
         yield 0, self.s, alive.reshape(-1)
@@ -455,7 +467,7 @@ class _DenseScores(_LayerScores):
 
     def finite(self, alive: torch.Tensor, work: torch.Tensor) -> bool:
         """Whether every alive score is finite (removed weights score 0 unless the gradient is not finite)."""
-        if self.s.numel() == 0 or math.isfinite(float(self.s.max())):
+        if self.known_finite or self.s.numel() == 0 or math.isfinite(float(self.s.max())):
             return True
         return bool(torch.isfinite(self.s[alive.reshape(-1)]).all())
 
@@ -601,7 +613,7 @@ class _Survivors:
         pos = pos[self.alive[pos]]
         cuts = torch.searchsorted(pos, torch.tensor(self.offsets, device=pos.device)).tolist()
         vals = [src.at(pos[a:b] - off) for src, off, a, b in zip(sources, self.offsets, cuts, cuts[1:]) if b > a]
-        return torch.cat(vals).sort().values
+        return torch.cat(vals)
 
     def _tied(self, sources, v: torch.Tensor, m: int) -> torch.Tensor | None:
         """The ``m`` to drop if the threshold is ``v`` (everything below, then the latest at ``v``); else None.
@@ -638,20 +650,27 @@ class _Survivors:
         if self.count <= 4 * _SAMPLE:
             sample, hi = None, inf
         else:
-            sample = self._sample(sources)
-            r = sample.numel()
+            values = self._sample(sources)
+            r = values.numel()
             q = (m + 1) / self.count  # the threshold is the (m+1)-th smallest alive score
             margin = _SIGMAS * math.sqrt(r * q * (1 - q)) + 8
             lo_i, hi_i = math.floor(q * r - margin), math.ceil(q * r + margin)
+            # the low end of the sample, sorted (a full sort costs 7x more); all of it if a retry needs it
+            sample = torch.topk(values, min(r, 2 * hi_i + 64), largest=False).values
             if 0 <= lo_i and hi_i < r and bool(sample[lo_i] == sample[hi_i]):  # the bracket is one (tied) value
                 drop = self._tied(sources, sample[lo_i], m)
                 if drop is not None:
                     return drop
         while True:
             if sample is not None:
-                i = math.ceil(q * r + margin)
+                i = min(r, math.ceil(q * r + margin))
+                if sample.numel() < r and i >= sample.numel() - 1:  # beyond the sorted low end
+                    sample = values.sort().values
                 # the first sample value above sample[i]: every score tied with it is a candidate
                 j = int(torch.searchsorted(sample, sample[i], right=True)) if i < r else r
+                if j == sample.numel() < r:  # a tie runs past the sorted low end
+                    sample = values.sort().values
+                    j = int(torch.searchsorted(sample, sample[i], right=True))
                 hi = sample[j] if j < r else inf
             idx, vals = [], []
             for j, src in enumerate(sources):
@@ -761,7 +780,7 @@ def _score_synflow(model, density, batches, device, rounds=100, progress=True, i
                 leaves[n] = tensors[f"{n}.weight"] = w.detach().requires_grad_()
         taps.tapped = outer
         live.listable = [j for j, n in enumerate(names) if n in outer]
-        w_max = {n: float(w.max()) if w.numel() else 0.0 for n, w in zip(names, live.weights) if n in outer}
+        w_max = {n: float(w.max()) if w.numel() else 0.0 for n, w in zip(names, live.weights)}
         inputs = list(leaves.values()) + ([x.requires_grad_()] if input_grad else [])
         scores = None
         for r in _progress(range(1, rounds + 1), progress, "SynFlow rounds"):
@@ -778,7 +797,7 @@ def _score_synflow(model, density, batches, device, rounds=100, progress=True, i
                     sources.append(_OuterScores(g, taps.inputs[n], w, w_max[n]))
                 else:
                     g = grads[n] if grads[n] is not None else torch.zeros_like(w)
-                    sources.append(_DenseScores(g.mul_(w).abs_()))
+                    sources.append(_DenseScores.of_gradient(g, w, w_max[n]))
             del grads
             live.check(sources, "SynFlow", r)
             k = kept_count(live.n, density ** (r / rounds))
