@@ -101,7 +101,7 @@ _SAMPLE = 100_000  # values sampled to bracket the global threshold on large mod
 _SIGMAS = 6.0  # a sampled bracket lies this many standard deviations of a sample rank from its target
 _CHUNK = 1 << 22
 _OUTER_CHUNK = 1 << 16  # scores of a Linear layer computed per step (512 KB in float64: stays in the cache)
-_LIST_BELOW = 0.5  # a Linear layer less alive than this is scanned through a list of its alive weights
+_LIST_BELOW = 0.35  # a Linear layer less alive than this is scanned through a list of its alive weights
 
 
 class LayerCollapseWarning(UserWarning):
@@ -519,9 +519,9 @@ class _OuterScores(_LayerScores):
 class _AliveList:
     """A mostly removed Linear layer's alive weights as a list: positions, rows, columns, values.
 
-    Scoring a list entry costs about 1.6 times a dense one (gathers), so below about half
-    alive a list is cheaper than the whole matrix; SynFlow leaves VGG-16's first classifier
-    layer 11% alive by round 50 of 100 (density 0.05). Entries removed since the list was
+    Scoring a list entry costs 2-2.5 times a dense one (gathers), so below about 40% alive
+    a list is cheaper than the whole matrix; SynFlow leaves VGG-16's first classifier layer
+    11% alive by round 50 of 100 (density 0.05). Entries removed since the list was
     built are skipped through the alive flags, and the list is rebuilt when a third of it
     is removed.
     """
