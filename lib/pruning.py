@@ -605,7 +605,7 @@ class _Survivors:
         return dict(zip(self.names, views))
 
     def _sample(self, sources) -> torch.Tensor:
-        """Sorted scores of about ``_SAMPLE`` alive weights, at evenly strided positions."""
+        """Scores of about ``_SAMPLE`` alive weights, at evenly strided positions (unsorted)."""
         step = max(1, self.count // _SAMPLE)
         while step > 1 and any(step % p == 0 for p in (2, 3, 5, 7)):  # no aliasing with row lengths
             step += 1
@@ -842,7 +842,7 @@ def score(model: nn.Module, method: str, batches=None, seed: int = 0, density: f
     200), ``rounds`` (SynFlow/iterSNIP, 100), ``progress`` (SynFlow/iterSNIP, True: a tqdm bar),
     ``input_shape`` (SynFlow: shape of one input without the batch dimension; default from the
     batches, else (in_channels, 32, 32)), ``readout`` (SynFlow: ``"sum"``, the paper's
-    R = sum(f(1)), or ``"log_softmax"``, the published masks' R = sum(log_softmax(f(1))).
+    R = sum(f(1)), or ``"log_softmax"``, the published masks' R = sum(log_softmax(f(1)))).
     Dense scores are all ones. ERK has no score.
     The model is left exactly as it was (weights, mode, requires_grad, masks).
     """
