@@ -176,6 +176,15 @@ def test_global_mask_matches_full_sort_with_ties_on_a_large_vector():
         masks = global_mask(scores, density)
         assert kept(masks) == math.floor(density * 5_000_000)
         assert same_masks(masks, reference_top_k(scores, density))
+    # SynFlow's scores: most weights removed (-inf); the threshold just above, at, or in the -inf mass
+    alive = torch.rand(2_000_000, generator=gen) < 0.06
+    flat = torch.where(alive, torch.randint(0, 1000, (2_000_000,), generator=gen).double(), -math.inf)
+    scores = {"a": flat[:1_000_000].view(1000, 1000), "b": flat[1_000_000:].view(1000, 1000)}
+    finite = int(alive.sum())
+    for density in (0.05, (finite - 7) / 2_000_000, finite / 2_000_000, 0.07):
+        masks = global_mask(scores, density)
+        assert kept(masks) == math.floor(density * 2_000_000)
+        assert same_masks(masks, reference_top_k(scores, density))
 
 
 def test_global_mask_ties_keep_earliest_and_density_one_keeps_all():
