@@ -6,10 +6,11 @@ The yardstick, measured in the same run before and after each architecture's met
 plain forward+backward passes of the same network at batch 1 (float32, eval mode, cross-entropy,
 gradients of every parameter, freed after each pass as a training step does). ``x plain`` is a
 method's seconds over the faster of the two yardstick runs; ``cpu s`` is the process's CPU time
-(user + system), steadier than wall time when other jobs share the cores.
+(user + system), steadier than wall time when other jobs share the cores. With --repeats N
+every time is the best of N runs.
 
     .venv/bin/python bench/bench_pruning.py --threads 1                  # every method, both archs
-    .venv/bin/python bench/bench_pruning.py --threads 1 --methods SynFlow --archs vgg16
+    .venv/bin/python bench/bench_pruning.py --threads 1 --methods SynFlow --repeats 2
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def timed(fn):
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
     return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def best(runs: list[tuple]) -> tuple:
+    """The run with the least wall time."""
+    return min(runs, key=lambda run: run[0])
 
 
 def plain_passes(arch: str, passes: int, device: str) -> tuple[float, float]:
@@ -60,6 +66,7 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=100, help="plain forward+backward passes of the yardstick")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=1, help="report the best of this many runs of everything")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,19 +75,23 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, density {args.density}, rounds {args.rounds}")
     print(f"{'method':<12} {'arch':<9} {'seconds':>8} {'cpu s':>8} {'x plain':>8}  kept / N", flush=True)
     for arch in args.archs:
-        before = plain_passes(arch, args.passes, args.device)
+        before = best([plain_passes(arch, args.passes, args.device) for _ in range(args.repeats)])
         print(f"{f'{args.passes} passes':<12} {arch:<9} {before[0]:8.1f} {before[1]:8.1f} {'':>8}  (yardstick, before)", flush=True)
         rows = []
         for method in args.methods:
-            model = build_model(arch, seed=1).to(args.device)
-            n = sum(m.weight.numel() for m in prunable_layers(model).values())
             options = {"rounds": args.rounds, "progress": False} if method in ("SynFlow", "iterSNIP") else {}
-            wall, cpu, masks = timed(lambda: prune(model, method, args.density, batches=[batch], seed=1, **options))
+            runs = []
+            for _ in range(args.repeats):
+                model = build_model(arch, seed=1).to(args.device)
+                n = sum(m.weight.numel() for m in prunable_layers(model).values())
+                runs.append(timed(lambda: prune(model, method, args.density, batches=[batch], seed=1, **options)))
+            wall, cpu, masks = best(runs)
+            del runs
             kept = sum(int(m.sum()) for m in masks.values())
             rows.append((method, wall, cpu, kept, n))
             print(f"{method:<12} {arch:<9} {wall:8.1f} {cpu:8.1f} {wall / before[0]:8.2f}  {kept} / {n}", flush=True)
             del model, masks
-        after = plain_passes(arch, args.passes, args.device)
+        after = best([plain_passes(arch, args.passes, args.device) for _ in range(args.repeats)])
         plain = min(before[0], after[0])
         print(f"{f'{args.passes} passes':<12} {arch:<9} {after[0]:8.1f} {after[1]:8.1f} {'':>8}  (yardstick, after)")
         print(f"{'':<12} {arch:<9} x plain against the faster yardstick ({plain:.1f} s):")
