@@ -1,10 +1,16 @@
-"""Wall time of ``lib.pruning.prune`` per method on the full-size models, and of ``global_mask``.
+"""Wall time of ``lib.pruning.prune`` per method on the full-size models, against plain passes.
 
 Each prune runs on a freshly built model (building is not timed) at density 0.05 with one
 synthetic scoring batch of 32 images (3x32x32), on the CPU unless --device says otherwise.
+The yardstick, measured in the same run before and after each architecture's methods: 100
+plain forward+backward passes of the same network at batch 1 (float32, eval mode, cross-entropy,
+gradients of every parameter, freed after each pass as a training step does). ``x plain`` is a
+method's seconds over the faster of the two yardstick runs; ``cpu s`` is the process's CPU time
+(user + system), steadier than wall time when other jobs share the cores. With --repeats N
+every time is the best of N runs.
 
-    .venv/bin/python bench/bench_pruning.py                  # every method, both archs
-    .venv/bin/python bench/bench_pruning.py --threads 1 --methods Rand SNIP --archs vgg16
+    .venv/bin/python bench/bench_pruning.py --threads 1                  # every method, both archs
+    .venv/bin/python bench/bench_pruning.py --threads 1 --methods SynFlow --repeats 2
 """
 from __future__ import annotations
 
@@ -12,11 +18,43 @@ import argparse
 import time
 
 import torch
+import torch.nn.functional as F
 
 from lib.models import build_model, prunable_layers
 from lib.pruning import global_mask, prune
 
 METHODS = ["Rand", "ERK", "SNIP", "GraSP", "SynFlow", "iterSNIP"]
+
+
+def timed(fn):
+    """(wall seconds, CPU seconds, result) of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def best(runs: list[tuple]) -> tuple:
+    """The run with the least wall time."""
+    return min(runs, key=lambda run: run[0])
+
+
+def plain_passes(arch: str, passes: int, device: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``passes`` forward+backward passes at batch 1."""
+    model = build_model(arch, seed=1).to(device).eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, 32, 32, generator=gen).to(device)
+    y = torch.randint(0, 10, (1,), generator=gen).to(device)
+
+    def run():
+        for _ in range(passes):
+            F.cross_entropy(model(x), y).backward()
+            for p in model.parameters():
+                p.grad = None
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    wall, cpu, _ = timed(run)
+    return wall, cpu
 
 
 def main() -> None:
@@ -25,32 +63,45 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--density", type=float, default=0.05)
     ap.add_argument("--rounds", type=int, default=100, help="SynFlow/iterSNIP rounds")
+    ap.add_argument("--passes", type=int, default=100, help="plain forward+backward passes of the yardstick")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=1, help="report the best of this many runs of everything")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     batch = (torch.randn(32, 3, 32, 32, generator=gen), torch.randint(0, 10, (32,), generator=gen))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, density {args.density}")
-    print(f"{'method':<10} {'arch':<9} {'seconds':>8}  kept / N")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, density {args.density}, rounds {args.rounds}")
+    print(f"{'method':<12} {'arch':<9} {'seconds':>8} {'cpu s':>8} {'x plain':>8}  kept / N", flush=True)
     for arch in args.archs:
+        before = best([plain_passes(arch, args.passes, args.device) for _ in range(args.repeats)])
+        print(f"{f'{args.passes} passes':<12} {arch:<9} {before[0]:8.1f} {before[1]:8.1f} {'':>8}  (yardstick, before)", flush=True)
+        rows = []
         for method in args.methods:
-            model = build_model(arch, seed=1).to(args.device)
-            n = sum(m.weight.numel() for m in prunable_layers(model).values())
             options = {"rounds": args.rounds, "progress": False} if method in ("SynFlow", "iterSNIP") else {}
-            start = time.perf_counter()
-            masks = prune(model, method, args.density, batches=[batch], seed=1, **options)
-            seconds = time.perf_counter() - start
+            runs = []
+            for _ in range(args.repeats):
+                model = build_model(arch, seed=1).to(args.device)
+                n = sum(m.weight.numel() for m in prunable_layers(model).values())
+                runs.append(timed(lambda: prune(model, method, args.density, batches=[batch], seed=1, **options)))
+            wall, cpu, masks = best(runs)
+            del runs
             kept = sum(int(m.sum()) for m in masks.values())
-            print(f"{method:<10} {arch:<9} {seconds:8.1f}  {kept} / {n}", flush=True)
+            rows.append((method, wall, cpu, kept, n))
+            print(f"{method:<12} {arch:<9} {wall:8.1f} {cpu:8.1f} {wall / before[0]:8.2f}  {kept} / {n}", flush=True)
             del model, masks
-        if "vgg16" == arch:
+        after = best([plain_passes(arch, args.passes, args.device) for _ in range(args.repeats)])
+        plain = min(before[0], after[0])
+        print(f"{f'{args.passes} passes':<12} {arch:<9} {after[0]:8.1f} {after[1]:8.1f} {'':>8}  (yardstick, after)")
+        print(f"{'':<12} {arch:<9} x plain against the faster yardstick ({plain:.1f} s):")
+        for method, wall, cpu, kept, n in rows:
+            print(f"{method:<12} {arch:<9} {wall:8.1f} {cpu:8.1f} {wall / plain:8.2f}  {kept} / {n}", flush=True)
+        if arch == "vgg16":
             model = build_model(arch, seed=1)
             scores = {k: torch.randn(m.weight.shape, generator=gen) for k, m in prunable_layers(model).items()}
-            start = time.perf_counter()
-            global_mask(scores, args.density)
-            print(f"{'global_mask':<10} {arch:<9} {time.perf_counter() - start:8.1f}  (random scores)", flush=True)
+            wall, cpu, _ = timed(lambda: global_mask(scores, args.density))
+            print(f"{'global_mask':<12} {arch:<9} {wall:8.1f} {cpu:8.1f} {'':>8}  (random scores)", flush=True)
 
 
 if __name__ == "__main__":

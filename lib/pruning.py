@@ -67,8 +67,12 @@ __all__ = [
     "empty_layers",
 ]
 
+SYNFLOW_READOUTS = ("sum", "log_softmax")  # R = sum(f(1)) (the SynFlow paper), sum(log_softmax(f(1))) (published masks)
 _SAMPLE = 100_000  # values sampled to bracket the global threshold on large models (sorting 1M cost more than the band saved)
+_SIGMAS = 6.0  # a sampled bracket lies this many standard deviations of a sample rank from its target
 _CHUNK = 1 << 22
+_OUTER_CHUNK = 1 << 16  # scores of a Linear layer computed per step (512 KB in float64: stays in the cache)
+_LIST_BELOW = 0.35  # a Linear layer less alive than this is scanned through a list of its alive weights
 
 
 class LayerCollapseWarning(UserWarning):
@@ -106,11 +110,13 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th largest value of a 1-D tensor (1 <= k <= n), in O(n).
+    """The ``k``-th largest value of a 1-D tensor without NaN (1 <= k <= n), in O(n).
 
     ``torch.kthvalue`` on 138M values takes ~5 s on 2 cores; instead a strided sample brackets
     the value, and ``kthvalue`` runs on the (small) band between the brackets. The bracket is
-    checked by counting, so the answer is exact whatever the sample looks like.
+    checked by counting, so the answer is exact whatever the sample looks like. ``-inf``
+    values (weights an iterative method removed: most of them at low density) are counted,
+    never put in the band, so a bracket reaching down to them costs no more than another.
     """
     n = flat.numel()
     if n <= 4 * _SAMPLE:
@@ -118,24 +124,70 @@ def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
     sample = flat[:: n // _SAMPLE].sort().values
     r = sample.numel()
     pos = r - k * r / n  # ascending position of the k-th largest in the sample
-    margin = 1000  # ~6 standard deviations of a sample rank at r = 100k
-    while margin < r:
-        lo_i, hi_i = math.floor(pos) - margin, math.ceil(pos) + margin
-        lo = sample[lo_i] if lo_i > 0 else flat.new_tensor(-math.inf)
+    margin = _SIGMAS * math.sqrt(r * (k / n) * (1 - k / n)) + 8  # sd of a sample rank, times _SIGMAS
+    neg_inf = flat.new_tensor(-math.inf)
+    while True:
+        lo_i, hi_i = math.floor(pos - margin), math.ceil(pos + margin)
+        lo = sample[lo_i] if lo_i > 0 else neg_inf
         hi = sample[hi_i] if hi_i < r - 1 else flat.new_tensor(math.inf)
         above = int((flat > hi).count_nonzero())
-        if bool(lo == hi):  # the bracket is one (tied) value
-            if above < k <= int((flat >= lo).count_nonzero()):
-                return lo
-        else:
-            band = flat[(flat >= lo) & (flat <= hi)]
-            if above < k <= above + band.numel():
-                j = k - above  # the answer is the j-th largest of the band
-                if band.numel() < n // 2:
-                    return _kth_largest(band, j)
-                return torch.kthvalue(band, band.numel() - j + 1).values
+        if above < k:
+            if bool(lo == hi):  # the bracket is one (tied) value
+                if k <= above + int((flat == lo).count_nonzero()):
+                    return lo
+            else:
+                in_band = (flat > lo) if bool(lo == neg_inf) else (flat >= lo)
+                band = flat[in_band.logical_and_(flat <= hi)]
+                del in_band
+                if k <= above + band.numel():
+                    j = k - above  # the answer is the j-th largest of the band
+                    if band.numel() < n // 2:
+                        return _kth_largest(band, j)
+                    return torch.kthvalue(band, band.numel() - j + 1).values
+                if bool(lo == neg_inf):  # everything below the band is -inf
+                    return neg_inf
+        if lo_i <= 0 and hi_i >= r - 1:  # unreachable: the widest bracket always decides
+            return torch.kthvalue(flat, n - k + 1).values
         margin *= 16
-    return torch.kthvalue(flat, n - k + 1).values
+
+
+def _top_k_bracketed(flat: torch.Tensor, k: int) -> torch.Tensor | None:
+    """``_top_k_flags`` on a large vector from a sampled bracket [lo, hi], or None to fall back.
+
+    Values above ``hi`` are kept (checked: fewer than ``k`` of them), and only the band of
+    values in [lo, hi] is ranked: two comparisons over ``flat`` instead of five and a copy
+    (iterSNIP ranks all of VGG-16's 138M weights every round). A bracket at an end of the
+    sample, on ``-inf`` or on one tied value goes to the general path.
+    """
+    n = flat.numel()
+    sample = flat[:: n // _SAMPLE].sort().values
+    r = sample.numel()
+    pos = r - k * r / n  # ascending position of the k-th largest in the sample
+    margin = _SIGMAS * math.sqrt(r * (k / n) * (1 - k / n)) + 8
+    for _ in range(2):
+        lo_i, hi_i = math.floor(pos - margin), math.ceil(pos + margin)
+        if lo_i <= 0 or hi_i >= r - 1:
+            return None
+        lo, hi = sample[lo_i], sample[hi_i]
+        if bool(lo == hi) or bool(lo == -math.inf):
+            return None
+        keep = flat > hi
+        above = int(keep.count_nonzero())
+        if above < k:
+            band = flat >= lo
+            if int(band.count_nonzero()) >= k:  # the k-th largest is in [lo, hi]
+                idx = band.logical_xor_(keep).nonzero().squeeze(1)  # lo <= value <= hi
+                del band
+                vals = flat[idx]
+                j = k - above  # keep the j largest of the band, ties to the earliest
+                t = _kth_largest(vals, j)
+                over = vals > t
+                keep[idx[over]] = True
+                need = j - int(over.count_nonzero())
+                keep[idx[vals == t][:need]] = True
+                return keep
+        margin *= 16
+    return None
 
 
 def _top_k_flags(flat: torch.Tensor, k: int) -> torch.Tensor:
@@ -145,6 +197,10 @@ def _top_k_flags(flat: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones(n, dtype=torch.bool, device=flat.device)
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=flat.device)
+    if n > 4 * _SAMPLE:
+        keep = _top_k_bracketed(flat, k)
+        if keep is not None:
+            return keep
     t = _kth_largest(flat, k)
     keep = flat >= t
     if int(keep.count_nonzero()) == k:  # the usual case: no tie at the threshold
@@ -322,10 +378,10 @@ def _rounds(rounds) -> int:
 
 
 class _FlatScores:
-    """Scores of all layers in one flat buffer (model order), and the alive flags of a round.
+    """Scores of all layers in one flat buffer (model order), and the kept flags of a round.
 
-    Iterative methods select among all weights with dead ones at ``-inf``: this is exactly
-    ``global_mask`` on the returned scores, so the final mask can be reproduced from them.
+    For iterSNIP, which ranks every weight each round: the kept flags are exactly
+    ``global_mask`` of the returned scores, so the final mask can be reproduced from them.
     """
 
     def __init__(self, names, shapes, dtype, device):
@@ -333,25 +389,384 @@ class _FlatScores:
         self.sizes = [math.prod(s) for s in shapes]
         self.flat = torch.empty(sum(self.sizes), dtype=dtype, device=device)
         self.views = [v.view(s) for v, s in zip(self.flat.split(self.sizes), shapes)]
-        self.alive = torch.ones(self.flat.numel(), dtype=torch.bool, device=device)
+        self.keep = torch.ones(self.flat.numel(), dtype=torch.bool, device=device)
 
-    def alive_views(self):
-        return [a.view(s) for a, s in zip(self.alive.split(self.sizes), self.shapes)]
+    def keep_views(self):
+        return [a.view(s) for a, s in zip(self.keep.split(self.sizes), self.shapes)]
 
     def select(self, method: str, r: int, k: int) -> None:
-        """Dead weights to -inf, check finiteness, keep the top ``k`` as the new alive set."""
-        self.flat.masked_fill_(~self.alive, -math.inf)
-        top = float(self.flat.max())
-        if not math.isfinite(top):
-            bad = next(n for n, v in zip(self.names, self.views) if not bool(torch.isfinite(v.max())))
+        """Check finiteness, keep the top ``k`` of all scores (ties to the earliest)."""
+        if not math.isfinite(float(self.flat.max())):
+            bad = next(n for n, v in zip(self.names, self.views) if not bool(torch.isfinite(v).all()))
             raise FloatingPointError(f"{method} scores of {bad!r} are not finite in round {r}")
-        self.alive = _top_k_flags(self.flat, k)
+        self.keep = _top_k_flags(self.flat, k)
 
     def scores(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.views))
 
 
-def _score_synflow(model, density, batches, device, rounds=100, progress=True, input_shape=None):
+class _LayerScores:
+    """One layer's scores for :class:`_Survivors`: the queries it makes, over blocks of scores.
+
+    A subclass yields ``(positions, scores, alive flags)`` blocks from ``_blocks``: positions
+    are an int (the block's first flat position in the layer) or a tensor of them.
+    """
+
+    def _blocks(self, alive: torch.Tensor, work: torch.Tensor, listed):
+        raise NotImplementedError
+
+    def _where(self, f: torch.Tensor, at, a):
+        local = f.logical_and_(a).nonzero().squeeze(1)
+        return local, (local + at if isinstance(at, int) else at[local])
+
+    def below(self, hi: torch.Tensor, alive, flags, work, listed=None):
+        """(positions, scores) of the alive weights scoring below ``hi``, in order."""
+        idx, vals = [], []
+        for at, s, a in self._blocks(alive, work, listed):
+            f = flags[: s.numel()]
+            local, where = self._where(torch.lt(s, hi, out=f), at, a)
+            idx.append(where)
+            vals.append(s[local])
+        if not idx:  # an empty list
+            return torch.zeros(0, dtype=torch.int64, device=alive.device), torch.zeros(0, dtype=work.dtype, device=alive.device)
+        return torch.cat(idx), torch.cat(vals)
+
+    def split(self, v: torch.Tensor, alive, flags, work, listed=None):
+        """(positions of the alive weights scoring below ``v``, number scoring exactly ``v``)."""
+        idx, equal = [], 0
+        for at, s, a in self._blocks(alive, work, listed):
+            f = flags[: s.numel()]
+            idx.append(self._where(torch.lt(s, v, out=f), at, a)[1])
+            torch.eq(s, v, out=f)
+            equal += int(f.logical_and_(a).count_nonzero())
+        return (torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64, device=alive.device)), equal
+
+    def equal(self, v: torch.Tensor, alive, flags, work, listed=None) -> torch.Tensor:
+        """Positions of the alive weights scoring exactly ``v``, in order."""
+        idx = []
+        for at, s, a in self._blocks(alive, work, listed):
+            idx.append(self._where(torch.eq(s, v, out=flags[: s.numel()]), at, a)[1])
+        return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64, device=alive.device)
+
+
+class _DenseScores(_LayerScores):
+    """One layer's scores, held in memory (from a materialised weight gradient)."""
+
+    def __init__(self, s: torch.Tensor, finite: bool | None = None):
+        self.s = s.reshape(-1)
+        self.known_finite = finite
+
+    @classmethod
+    def of_gradient(cls, g: torch.Tensor, w: torch.Tensor, w_max: float) -> _DenseScores:
+        """Scores ``|g * w|`` (``w >= 0``) computed in ``g``'s memory, with one pass to bound them."""
+        if g.numel() == 0:
+            return cls(g, True)
+        lo, hi = (float(v) for v in torch.aminmax(g))
+        s = g.mul_(w)
+        if not lo >= 0:  # (also when NaN) otherwise every score is already >= 0
+            s.abs_()
+        return cls(s, math.isfinite(max(-lo, hi) * w_max) or None)  # rounding is monotone: no score exceeds it
+
+    def _blocks(self, alive, work, listed):
+        yield 0, self.s, alive.reshape(-1)
+
+    def at(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.s[idx]
+
+    def finite(self, alive: torch.Tensor, work: torch.Tensor) -> bool:
+        """Whether every alive score is finite (removed weights score 0 unless the gradient is not finite)."""
+        if self.known_finite or self.s.numel() == 0 or math.isfinite(float(self.s.max())):
+            return True
+        return bool(torch.isfinite(self.s[alive.reshape(-1)]).all())
+
+    def write(self, out: torch.Tensor) -> None:
+        out.copy_(self.s.view(out.shape))
+
+
+class _OuterScores(_LayerScores):
+    """A Linear layer's SynFlow scores ``(|g_i| |x_j|) w_ij``, never materialised as a whole.
+
+    At batch 1 a Linear layer's weight gradient is the outer product of its output gradient
+    ``g`` and its input ``x``, and its scores are ``|g_i x_j w_ij|`` (``w >= 0``: the
+    abs-valued network). Multiplying ``g_i x_j`` first, then by ``w_ij``, rounds exactly as
+    autograd's gradient times ``w`` does, so the scores are bit-identical to those. They are
+    computed where needed, a cache-sized block at a time: of rows, or of an :class:`_AliveList`.
+    """
+
+    def __init__(self, g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, w_max: float):
+        self.g, self.x, self.w, self.w_max = g, x, w, w_max  # g: (out,), x: (in,) both >= 0; w: (out, in)
+
+    def at(self, idx: torch.Tensor) -> torch.Tensor:
+        rows = torch.div(idx, self.w.shape[1], rounding_mode="floor")
+        return (self.g[rows] * self.x[idx - rows * self.w.shape[1]]) * self.w.view(-1)[idx]
+
+    def _blocks(self, alive, work, listed):
+        if listed is not None:
+            yield from listed.blocks(self.g, self.x, alive, work)
+            return
+        out, inp = self.w.shape
+        rows = max(1, work.numel() // max(1, inp))
+        for i in range(0, out, rows):
+            j = min(out, i + rows)
+            block = work[: (j - i) * inp].view(j - i, inp)
+            torch.mul(self.g[i:j, None], self.x[None, :], out=block)
+            yield i * inp, block.mul_(self.w[i:j]).view(-1), alive[i:j].reshape(-1)
+
+    def finite(self, alive: torch.Tensor, work: torch.Tensor) -> bool:
+        if self.w.numel() == 0:
+            return True
+        bound = float(self.g.max()) * float(self.x.max()) * self.w_max  # rounding is monotone: no score exceeds it
+        if math.isfinite(bound):
+            return True
+        return all(bool(torch.isfinite(s[a]).all()) for _, s, a in self._blocks(alive, work, None))
+
+    def write(self, out: torch.Tensor) -> None:
+        torch.mul(self.g[:, None], self.x[None, :], out=out).mul_(self.w)
+
+
+class _AliveList:
+    """A mostly removed Linear layer's alive weights as a list: positions, rows, columns, values.
+
+    Scoring a list entry costs 2-2.5 times a dense one (gathers), so below about 40% alive
+    a list is cheaper than the whole matrix; SynFlow leaves VGG-16's first classifier layer
+    11% alive by round 50 of 100 (density 0.05). Entries removed since the list was
+    built are skipped through the alive flags, and the list is rebuilt when a third of it
+    is removed.
+    """
+
+    def __init__(self, alive: torch.Tensor, w: torch.Tensor):
+        inp = w.shape[1]
+        self.pos = alive.reshape(-1).nonzero().squeeze(1)  # ascending: blocks come out in order
+        rows = torch.div(self.pos, inp, rounding_mode="floor")
+        self.cols = (self.pos - rows * inp).to(torch.int32)
+        self.rows = rows.to(torch.int32)
+        self.w = w.reshape(-1)[self.pos]
+
+    def blocks(self, g: torch.Tensor, x: torch.Tensor, alive: torch.Tensor, work: torch.Tensor):
+        alive = alive.reshape(-1)
+        n, c = self.pos.numel(), work.numel() // 2
+        for a in range(0, n, c):
+            b = min(n, a + c)
+            pos, s, t = self.pos[a:b], work[: b - a], work[c : c + b - a]
+            torch.index_select(g, 0, self.rows[a:b], out=s)
+            torch.index_select(x, 0, self.cols[a:b], out=t)
+            yield pos, s.mul_(t).mul_(self.w[a:b]), torch.index_select(alive, 0, pos)
+
+    def shrink(self, alive: torch.Tensor, live: int) -> None:
+        """Rebuild without the removed entries once ``live`` (alive in the layer) is under 2/3 of the list."""
+        if 3 * live < 2 * self.pos.numel():
+            keep = torch.index_select(alive.reshape(-1), 0, self.pos).nonzero().squeeze(1)
+            self.pos, self.rows, self.cols, self.w = (torch.index_select(t, 0, keep) for t in (self.pos, self.rows, self.cols, self.w))
+
+
+class _Survivors:
+    """The weights SynFlow has not removed, and the exact choice of those to remove next.
+
+    The masked weights of all layers live in one flat buffer (a removed weight is 0, which
+    is how it leaves the network) beside their alive flags. Each round drops exactly the
+    weights a global top-k over the alive scores would not keep: the lowest, ties at the
+    threshold dropping the LATEST positions (so the earliest are kept, as in ``global_mask``).
+    No sort and no copy of the scores: a strided sample brackets the threshold from above,
+    one pass collects the alive scores below the bracket (a few % of them), and the exact
+    threshold is the k-th value among those; a bracket that turns out too low is widened.
+    Linear layers (``listable``) mostly removed are scanned through an :class:`_AliveList`.
+    """
+
+    def __init__(self, names, weights, device):
+        self.names, self.shapes = names, [w.shape for w in weights]
+        self.sizes = [w.numel() for w in weights]
+        self.offsets = [0]
+        for s in self.sizes:
+            self.offsets.append(self.offsets[-1] + s)
+        self.n = self.offsets[-1]
+        self.flat = torch.empty(self.n, dtype=weights[0].dtype, device=device)
+        self.weights = [v.view(s) for v, s in zip(self.flat.split(self.sizes), self.shapes)]
+        for v, w in zip(self.weights, weights):
+            v.copy_(w)
+        self.alive = torch.ones(self.n, dtype=torch.bool, device=device)
+        self.alive_views = [a.view(s) for a, s in zip(self.alive.split(self.sizes), self.shapes)]
+        self.count = self.n
+        self.listable: list[int] = []  # indices of Linear layers scored by _OuterScores (may use lists)
+        self.layer_alive = list(self.sizes)  # kept up to date for the listable layers only
+        self.lists: list[_AliveList | None] = [None] * len(names)
+        self.work = torch.empty(2 * _OUTER_CHUNK, dtype=self.flat.dtype, device=device)
+        self.flags = torch.empty(max(self.sizes + [2 * _OUTER_CHUNK]), dtype=torch.bool, device=device)
+
+    def _ask(self, j: int, src, method: str, *args):
+        """``src.method(*args, ...)`` for layer ``j`` with its alive flags, buffers and list."""
+        return getattr(src, method)(*args, self.alive_views[j], self.flags, self.work, self.lists[j])
+
+    def check(self, sources, method: str, r: int) -> None:
+        if self.count == 0:
+            return
+        for name, src, alive in zip(self.names, sources, self.alive_views):
+            if not src.finite(alive, self.work):
+                raise FloatingPointError(f"{method} scores of {name!r} are not finite in round {r}")
+
+    def scores(self, sources) -> dict[str, torch.Tensor]:
+        """The scores of this round, weights removed in earlier rounds at ``-inf``."""
+        out = torch.empty(self.n, dtype=self.flat.dtype, device=self.flat.device)
+        views = [v.view(s) for v, s in zip(out.split(self.sizes), self.shapes)]
+        for src, v in zip(sources, views):
+            src.write(v)
+        out.masked_fill_(~self.alive, -math.inf)
+        return dict(zip(self.names, views))
+
+    def _sample(self, sources) -> torch.Tensor:
+        """Scores of about ``_SAMPLE`` alive weights, at evenly strided positions (unsorted)."""
+        step = max(1, self.count // _SAMPLE)
+        while step > 1 and any(step % p == 0 for p in (2, 3, 5, 7)):  # no aliasing with row lengths
+            step += 1
+        pos = torch.arange(step // 2, self.n, step, device=self.flat.device)
+        pos = pos[self.alive[pos]]
+        cuts = torch.searchsorted(pos, torch.tensor(self.offsets, device=pos.device)).tolist()
+        vals = [src.at(pos[a:b] - off) for src, off, a, b in zip(sources, self.offsets, cuts, cuts[1:]) if b > a]
+        return torch.cat(vals)
+
+    def _tied(self, sources, v: torch.Tensor, m: int) -> torch.Tensor | None:
+        """The ``m`` to drop if the threshold is ``v`` (everything below, then the latest at ``v``); else None.
+
+        For a threshold inside a large mass of equal scores (ResNet-34's layer4 runs at 1x1, so
+        8 of its 9 kernel taps score exactly 0): the tied scores are counted, not collected.
+        """
+        below, equal = [], 0
+        for j, src in enumerate(sources):
+            idx, c = self._ask(j, src, "split", v)
+            below.append(idx + self.offsets[j])
+            equal += c
+        below = torch.cat(below)
+        need = m - below.numel()
+        if not 0 <= need < equal:
+            return None
+        tied = []
+        for j in reversed(range(len(sources))):  # the latest tied positions, layer by layer from the end
+            if need == 0:
+                break
+            idx = self._ask(j, sources[j], "equal", v)
+            take = idx[max(0, idx.numel() - need) :]
+            tied.append(take + self.offsets[j])
+            need -= take.numel()
+        return torch.cat([below, *tied])
+
+    def lowest(self, sources, m: int) -> torch.Tensor:
+        """Flat positions of the ``m`` alive weights a top-(count - m) would not keep."""
+        if m <= 0:
+            return torch.zeros(0, dtype=torch.int64, device=self.flat.device)
+        if m >= self.count:
+            return self.alive.nonzero().squeeze(1)
+        inf = self.flat.new_tensor(math.inf)
+        if self.count <= 4 * _SAMPLE:
+            sample, hi = None, inf
+        else:
+            values = self._sample(sources)
+            r = values.numel()
+            q = (m + 1) / self.count  # the threshold is the (m+1)-th smallest alive score
+            margin = _SIGMAS * math.sqrt(r * q * (1 - q)) + 8
+            lo_i, hi_i = math.floor(q * r - margin), math.ceil(q * r + margin)
+            # the low end of the sample, sorted (a full sort costs 7x more); all of it if a retry needs it
+            sample = torch.topk(values, min(r, 2 * hi_i + 64), largest=False).values
+            if 0 <= lo_i and hi_i < r and bool(sample[lo_i] == sample[hi_i]):  # the bracket is one (tied) value
+                drop = self._tied(sources, sample[lo_i], m)
+                if drop is not None:
+                    return drop
+        while True:
+            if sample is not None:
+                i = min(r, math.ceil(q * r + margin))
+                if sample.numel() < r and i >= sample.numel() - 1:  # beyond the sorted low end
+                    sample = values.sort().values
+                # the first sample value above sample[i]: every score tied with it is a candidate
+                j = int(torch.searchsorted(sample, sample[i], right=True)) if i < r else r
+                if j == sample.numel() < r:  # a tie runs past the sorted low end
+                    sample = values.sort().values
+                    j = int(torch.searchsorted(sample, sample[i], right=True))
+                hi = sample[j] if j < r else inf
+            idx, vals = [], []
+            for j, src in enumerate(sources):
+                i_, v_ = self._ask(j, src, "below", hi)
+                idx.append(i_ + self.offsets[j])
+                vals.append(v_)
+            idx, vals = torch.cat(idx), torch.cat(vals)
+            if idx.numel() > m:  # the (m+1) smallest alive scores are all below hi
+                break
+            margin *= 16
+        t = _kth_largest(vals, vals.numel() - m)  # the (m+1)-th smallest: the kept threshold
+        drop = idx[vals < t]
+        need = m - drop.numel()
+        if need > 0:  # ties at the threshold: the latest positions go
+            tied = idx[vals == t]
+            drop = torch.cat([drop, tied[tied.numel() - need :]])
+        return drop
+
+    def remove(self, drop: torch.Tensor) -> None:
+        self.flat.index_fill_(0, drop, 0.0)
+        self.alive.index_fill_(0, drop, False)
+        self.count -= drop.numel()
+        if not self.listable or drop.numel() == 0:
+            return
+        starts = torch.tensor(self.offsets[1:-1], device=drop.device)
+        dropped = torch.bincount(torch.bucketize(drop, starts, right=True), minlength=len(self.sizes)).tolist()
+        for j in self.listable:
+            self.layer_alive[j] -= dropped[j]
+            if self.lists[j] is not None:
+                self.lists[j].shrink(self.alive_views[j], self.layer_alive[j])
+            elif self.layer_alive[j] < _LIST_BELOW * self.sizes[j]:
+                self.lists[j] = _AliveList(self.alive_views[j], self.weights[j])
+
+
+class _LinearTaps:
+    """Forward hooks on Linear layers that keep each one's input and output gradient.
+
+    The output gradient comes from a tensor hook registered on the output before any later
+    in-place op (VGG's ``ReLU(inplace=True)``): it receives the gradient of the output as the
+    layer produced it. ``probe`` records which layers run exactly once on a batch-1 matrix
+    (only those can use :class:`_OuterScores`) and whether each one's input needs gradients.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.grads: dict[str, torch.Tensor] = {}
+        self.tapped: set[str] = set()
+        self._probe: dict[str, list] | None = None
+        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
+
+    def _hook(self, name):
+        def forward(module, inputs, output):
+            x = inputs[0]
+            if self._probe is not None:
+                self._probe.setdefault(name, []).append((x.dim() == 2 and x.shape[0] == 1, x.requires_grad))
+            if name in self.tapped:
+                self.inputs[name] = x.detach().reshape(-1).abs()
+                if output.requires_grad:
+                    output.register_hook(lambda g: self.grads.__setitem__(name, g.detach().reshape(-1).abs()))
+
+        return forward
+
+    def probe(self, run) -> tuple[set[str], bool]:
+        """Run ``run()`` once; return (layers fit for outer-product scores, whether the input needs grad)."""
+        self._probe = {}
+        try:
+            with torch.enable_grad():
+                run()
+            calls = self._probe
+        finally:
+            self._probe = None
+        fit = {n for n, c in calls.items() if len(c) == 1 and c[0][0]}
+        return fit, any(not calls[n][0][1] for n in fit)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _score_synflow(model, density, batches, device, rounds=100, progress=True, input_shape=None, readout="sum", dtype=torch.float64):
+    """SynFlow (Tanaka et al. 2020): ``rounds`` rounds of scoring the abs-valued network at input 1.
+
+    ``readout``: R = sum(f(1)) ("sum", the SynFlow paper) or sum(log_softmax(f(1)))
+    ("log_softmax", what made the authors' published masks). ``dtype``: float64, as products
+    of |w| along deep paths overflow float32 (float32 only to compare with the reference).
+    """
+    if readout not in SYNFLOW_READOUTS:
+        raise ValueError(f"readout must be 'sum' (the SynFlow paper) or 'log_softmax' (the authors' published masks), got {readout!r}")
     layers = prunable_layers(model)
     names = list(layers)
     if input_shape is None:
@@ -360,38 +775,69 @@ def _score_synflow(model, density, batches, device, rounds=100, progress=True, i
         else:
             m0 = layers[names[0]]
             input_shape = (m0.in_channels, 32, 32) if isinstance(m0, nn.Conv2d) else (m0.in_features,)
-    dtype = torch.float64  # products of |w| along deep paths overflow float32
     tensors = _tensors(model, dtype, absolute=True)  # every parameter AND buffer replaced by |.|
-    weights = [tensors[f"{n}.weight"].requires_grad_() for n in names]  # private copies (abs)
-    buf = _FlatScores(names, [w.shape for w in weights], dtype, device)
+    live = _Survivors(names, [tensors.pop(f"{n}.weight") for n in names], device)  # private copies (abs), masked
     x = torch.ones((1, *input_shape), dtype=dtype, device=device)
-    for r in bar(range(1, rounds + 1), enabled=progress, desc="SynFlow rounds", leave=False):
-        R = torch.func.functional_call(model, tensors, (x,)).sum()
-        grads = torch.autograd.grad(R, weights)
-        for g, w, v in zip(grads, weights, buf.views):
-            torch.mul(g, w.detach(), out=v).abs_()
-        del grads, R
-        buf.select("SynFlow", r, kept_count(buf.flat.numel(), density ** (r / rounds)))
-        with torch.no_grad():  # removed weights are zero in the next round's network
-            for w, a in zip(weights, buf.alive_views()):
-                w.masked_fill_(~a, 0.0)
-    return buf.scores()
+    taps = _LinearTaps({n: m for n, m in layers.items() if isinstance(m, nn.Linear)})
+    try:
+        leaves = {n: w.detach().requires_grad_() for n, w in zip(names, live.weights) if not isinstance(layers[n], nn.Linear)}
+        tensors.update({f"{n}.weight": leaves.get(n, w) for n, w in zip(names, live.weights)})
+        outer, input_grad = taps.probe(lambda: torch.func.functional_call(model, tensors, (x,)))
+        for n, w in zip(names, live.weights):
+            if n not in leaves and n not in outer:  # a Linear layer run twice, or on more than a vector
+                leaves[n] = tensors[f"{n}.weight"] = w.detach().requires_grad_()
+        taps.tapped = outer
+        live.listable = [j for j, n in enumerate(names) if n in outer]
+        w_max = {n: float(w.max()) if w.numel() else 0.0 for n, w in zip(names, live.weights)}
+        inputs = list(leaves.values()) + ([x.requires_grad_()] if input_grad else [])
+        scores = None
+        for r in bar(range(1, rounds + 1), enabled=progress, desc="SynFlow rounds", leave=False):
+            taps.inputs.clear()
+            taps.grads.clear()
+            out = torch.func.functional_call(model, tensors, (x,))
+            R = out.sum() if readout == "sum" else F.log_softmax(out, dim=1).sum()
+            grads = dict(zip(leaves, torch.autograd.grad(R, inputs, allow_unused=True)))
+            del R, out
+            sources = []
+            for n, w in zip(names, live.weights):
+                if n in outer:
+                    g = taps.grads.get(n, w.new_zeros(w.shape[0]))  # no gradient: the layer does not reach R
+                    sources.append(_OuterScores(g, taps.inputs[n], w, w_max[n]))
+                else:
+                    g = grads[n] if grads[n] is not None else torch.zeros_like(w)
+                    sources.append(_DenseScores.of_gradient(g, w, w_max[n]))
+            del grads
+            live.check(sources, "SynFlow", r)
+            k = kept_count(live.n, density ** (r / rounds))
+            if r == rounds:
+                scores = live.scores(sources)
+            live.remove(live.lowest(sources, live.count - k))
+    finally:
+        taps.remove()
+    return scores
 
 
 def _score_itersnip(model, density, batches, dtype, device, rounds=100, progress=True):
+    """iterSNIP as the reference runs it: every weight is scored every round, so removed ones can return.
+
+    Round r scores ``|dL/dm| = |dL/d(w*m) * w|``: the gradient of the (summed per-batch mean)
+    loss of the network with masked weights ``w*m``, times the DENSE initial weights ``w``;
+    the top ``floor(density**(r/rounds) * N)`` of all weights make the next mask.
+    """
     tensors = _tensors(model, dtype)
     names = list(prunable_layers(model))
-    weights = {n: tensors[f"{n}.weight"].clone().requires_grad_() for n in names}  # private copies
-    buf = _FlatScores(names, [w.shape for w in weights.values()], dtype, device)
+    dense = {n: tensors[f"{n}.weight"] for n in names}
+    masked = {n: w.clone().requires_grad_() for n, w in dense.items()}  # private copies, w * m
+    buf = _FlatScores(names, [w.shape for w in dense.values()], dtype, device)
     for r in bar(range(1, rounds + 1), enabled=progress, desc="iterSNIP rounds", leave=False):
-        grads = _gradient(model, tensors, weights, batches, dtype, device, "iterSNIP")
+        grads = _gradient(model, tensors, masked, batches, dtype, device, "iterSNIP")
         for n, v in zip(names, buf.views):
-            torch.mul(grads[n], weights[n].detach(), out=v).abs_()
+            torch.mul(grads[n], dense[n], out=v).abs_()
         del grads
         buf.select("iterSNIP", r, kept_count(buf.flat.numel(), density ** (r / rounds)))
         with torch.no_grad():
-            for w, a in zip(weights.values(), buf.alive_views()):
-                w.masked_fill_(~a, 0.0)
+            for n, keep in zip(names, buf.keep_views()):
+                torch.mul(dense[n], keep, out=masked[n])
     return buf.scores()
 
 
@@ -529,9 +975,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("GraSP", needs_data=True, needs_weights=True, cache_scores=True, options=frozenset({"temperature"}),
            scorer=lambda model, *, batches, dtype, device, temperature=200.0, **_:
            _score_grasp(model, batches, dtype, device, float(temperature))),
-    Method("SynFlow", needs_weights=True, density_free=False, options=_ITERATIVE | {"input_shape"},
-           scorer=lambda model, *, density, batches, device, rounds=100, progress=True, input_shape=None, **_:
-           _score_synflow(model, density, batches, device, _rounds(rounds), bool(progress), input_shape)),
+    Method("SynFlow", needs_weights=True, density_free=False, options=_ITERATIVE | {"input_shape", "readout"},
+           scorer=lambda model, *, density, batches, device, rounds=100, progress=True, input_shape=None, readout="sum", **_:
+           _score_synflow(model, density, batches, device, _rounds(rounds), bool(progress), input_shape, readout)),
     Method("iterSNIP", needs_data=True, needs_weights=True, density_free=False, options=_ITERATIVE,
            scorer=lambda model, *, density, batches, dtype, device, rounds=100, progress=True, **_:
            _score_itersnip(model, density, batches, dtype, device, _rounds(rounds), bool(progress))),

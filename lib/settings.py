@@ -23,13 +23,15 @@ from pathlib import Path
 from .data import DATASETS, VAL_SPLITS
 from .files import PROFILES, in_repo
 from .models import ARCHS
-from .pruning import check_density, method_of
+from .pruning import SYNFLOW_READOUTS, check_density, method_of
 
 # 2: every random source draws from its own stream of the seed (lib.seeds); under 1, Rand's
 #    scores and ERK's draws came from the same generator state as the initial weights.
 # 3: models narrower than width 1 draw Linear weights with std 0.01 / sqrt(width) (was 0.01).
 # 4: ResNet-34 without skips has no ReLU after a block (as the spec and the authors' code).
-SCHEMA_VERSION = 4
+# 5: SynFlow honours ``synflow_readout`` (under 4 it always summed the output) and iterSNIP
+#    scores every weight every round, so removed ones can return (the authors' code).
+SCHEMA_VERSION = 5
 
 #: The columns that key every tidy table (one row per layer, mask or run).
 KEYS = ["arch", "skip", "width", "dataset", "method", "density", "seed"]
@@ -64,6 +66,7 @@ class PruneSettings:
         _check_choice("dataset", self.dataset, DATASETS)
         method_of(self.method)
         object.__setattr__(self, "density", check_density(self.density))
+        _check_choice("synflow_readout", self.synflow_readout, SYNFLOW_READOUTS)
         if self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width!r}")
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib import pruning
 from lib.models import build_model, prunable_layers
 from lib.pruning import (
     METHODS,
@@ -175,6 +176,15 @@ def test_global_mask_matches_full_sort_with_ties_on_a_large_vector():
         masks = global_mask(scores, density)
         assert kept(masks) == math.floor(density * 5_000_000)
         assert same_masks(masks, reference_top_k(scores, density))
+    # SynFlow's scores: most weights removed (-inf); the threshold just above, at, or in the -inf mass
+    alive = torch.rand(2_000_000, generator=gen) < 0.06
+    flat = torch.where(alive, torch.randint(0, 1000, (2_000_000,), generator=gen).double(), -math.inf)
+    scores = {"a": flat[:1_000_000].view(1000, 1000), "b": flat[1_000_000:].view(1000, 1000)}
+    finite = int(alive.sum())
+    for density in (0.05, (finite - 7) / 2_000_000, finite / 2_000_000, 0.07):
+        masks = global_mask(scores, density)
+        assert kept(masks) == math.floor(density * 2_000_000)
+        assert same_masks(masks, reference_top_k(scores, density))
 
 
 def test_global_mask_ties_keep_earliest_and_density_one_keeps_all():
@@ -276,7 +286,7 @@ def test_grasp_scores_match_an_independent_hessian_gradient_product():
     assert got[keep].min() >= got[~keep].max()
 
 
-def synflow_reference(model, density, rounds):
+def synflow_reference(model, density, rounds, readout="sum", input_shape=(3, 32, 32)):
     """SynFlow written plainly: a float64 |copy|, masks multiplied in, full-sort selection."""
     ref = copy.deepcopy(model).double().eval()
     with torch.no_grad():
@@ -290,7 +300,8 @@ def synflow_reference(model, density, rounds):
         for k, m in layers.items():
             m.weight = nn.Parameter(w0[k] * masks[k])
         ref.zero_grad()
-        ref(torch.ones(1, 3, 32, 32, dtype=torch.float64)).sum().backward()
+        out = ref(torch.ones(1, *input_shape, dtype=torch.float64))
+        (out.sum() if readout == "sum" else F.log_softmax(out, dim=1).sum()).backward()
         scores = {k: torch.where(masks[k], (m.weight.grad * m.weight).abs(), -math.inf) for k, m in layers.items()}
         masks = reference_top_k(scores, density ** (r / rounds))
     return masks
@@ -300,6 +311,123 @@ def test_synflow_matches_a_plain_reimplementation():
     model = tiny()
     got = prune(model, "SynFlow", 0.05, rounds=10, progress=False)
     assert same_masks(got, synflow_reference(tiny(), 0.05, 10))
+
+
+class SharedLinear(nn.Module):
+    """A Linear layer run twice and one fed a 3-D input: their scores need the weight gradient."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(3)
+        self.a, self.b, self.c = nn.Linear(12, 12), nn.Linear(4, 4), nn.Linear(12, 10)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+
+    def forward(self, x):
+        h = torch.relu(self.a(torch.relu(self.a(x.flatten(1)))))
+        h = self.b(h.view(1, 3, 4)).reshape(1, 12)
+        return self.c(h)
+
+
+# Small sample sizes make the sampled-bracket paths (and their retries: zero sigmas) run on
+# small models; _LIST_BELOW near 1 scans Linear layers through alive lists (and rebuilds them).
+SELECTION_PATHS = [
+    {"_SAMPLE": 300, "_SIGMAS": 6.0, "_LIST_BELOW": 0.9},
+    {"_SAMPLE": 200, "_SIGMAS": 0.0, "_LIST_BELOW": 0.5},
+]
+
+
+@pytest.mark.parametrize("paths", SELECTION_PATHS)
+@pytest.mark.parametrize(
+    "arch, density, rounds",
+    [("resnet34", 0.01, 12), ("resnet34", 0.2, 3), ("vgg16", 0.01, 12), ("vgg16", 0.05, 4)],
+)
+def test_synflow_masks_equal_a_plain_reimplementation_on_small_models(monkeypatch, paths, arch, density, rounds):
+    # ResNet-34's layer4 runs at 1x1: 8 of 9 kernel taps score exactly 0, so early thresholds
+    # sit inside a large tie (ties go to the earliest position); VGG-16's classifier is Linear.
+    for name, value in paths.items():
+        monkeypatch.setattr(pruning, name, value)
+    width = 0.125 if arch == "resnet34" else 0.0625
+    model = build_model(arch, width=width, seed=1)
+    got = compute_masks(model, "SynFlow", density, rounds=rounds, progress=False)
+    assert kept(got) == math.floor(density * n_weights(model))
+    assert same_masks(got, synflow_reference(model, density, rounds))
+
+
+@pytest.mark.parametrize("readout", ["sum", "log_softmax"])
+def test_synflow_on_linear_layers_run_twice_on_3d_inputs_or_first(readout):
+    model = SharedLinear()
+    got = compute_masks(model, "SynFlow", 0.3, rounds=4, progress=False, readout=readout, input_shape=(12,))
+    assert same_masks(got, synflow_reference(model, 0.3, 4, readout, input_shape=(12,)))
+    gen = torch.Generator().manual_seed(4)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 10))  # nothing before the first Linear needs grad
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    got = compute_masks(mlp, "SynFlow", 0.2, rounds=3, progress=False, readout=readout)
+    assert same_masks(got, synflow_reference(mlp, 0.2, 3, readout, input_shape=(12,)))
+
+
+def test_synflow_log_softmax_readout_scores_match_autograd_in_round_one():
+    model = tiny()
+    ref = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for t in ref.state_dict().values():
+            if t.is_floating_point():
+                t.abs_()
+    F.log_softmax(ref(torch.ones(1, 3, 32, 32, dtype=torch.float64)), dim=1).sum().backward()
+    expected = {k: (m.weight * m.weight.grad).abs() for k, m in prunable_layers(ref).items()}
+    got = score(model, "SynFlow", density=0.5, rounds=1, progress=False, readout="log_softmax")
+    assert all(got[k].dtype == torch.float64 and torch.allclose(got[k], expected[k], rtol=1e-12, atol=0) for k in expected)
+    # not the sum readout: log_softmax's gradient (1 - 10 softmax) has either sign
+    plain = score(model, "SynFlow", density=0.5, rounds=1, progress=False)
+    assert not all(torch.allclose(got[k], plain[k]) for k in got)
+    masks = compute_masks(model, "SynFlow", 0.1, rounds=5, progress=False, readout="log_softmax")
+    assert same_masks(masks, synflow_reference(model, 0.1, 5, "log_softmax"))
+
+
+def test_synflow_readout_must_be_sum_or_log_softmax():
+    for call in (
+        lambda: prune(tiny(), "SynFlow", 0.1, readout="softmax", progress=False),
+        lambda: score(tiny(), "SynFlow", density=0.1, readout="mean", progress=False),
+    ):
+        with pytest.raises(ValueError, match="readout must be 'sum' .* or 'log_softmax'") as err:
+            call()
+        assert "\n" not in str(err.value)
+    with pytest.raises(TypeError, match="readout"):
+        prune(tiny(), "SNIP", 0.1, batches=batches(), readout="sum")
+
+
+def test_survivors_drop_exactly_the_lowest_alive_with_ties_to_the_latest(monkeypatch):
+    """The removal step against a stable sort, on scores full of ties, with lists and retries."""
+    monkeypatch.setattr(pruning, "_SAMPLE", 200)  # 2,100 weights: sampled brackets (and the tie path) run
+    gen = torch.Generator().manual_seed(0)
+    few = lambda *shape: torch.randint(0, 6, shape, generator=gen).double()  # a few values: heavy ties
+    one = lambda *shape: torch.ones(shape, dtype=torch.float64)  # one big tie: the threshold inside it
+    cases = [  # (conv scores, fc weights, fc output gradient, fc input), sigmas, list threshold
+        ((few(100, 3, 3), few(40, 30), few(40) % 3, few(30) % 2 + 1), 6.0, 0.9),  # g zeros: rows tie at 0
+        ((few(100, 3, 3), few(40, 30), few(40) % 3, few(30) % 2 + 1), 0.0, 1.0),
+        ((few(100, 3, 3), few(40, 30), few(40) % 3, few(30) % 2 + 1), 6.0, 0.0),
+        ((one(100, 3, 3), one(40, 30), one(40), one(30)), 6.0, 1.0),
+        ((one(100, 3, 3), one(40, 30), one(40), one(30)), 6.0, 0.0),
+    ]
+    for (conv, w, g, x), sigmas, list_below in cases:
+        monkeypatch.setattr(pruning, "_SIGMAS", sigmas)
+        monkeypatch.setattr(pruning, "_LIST_BELOW", list_below)
+        live = pruning._Survivors(["conv", "fc"], [torch.ones(100, 3, 3, dtype=torch.float64), w], torch.device("cpu"))
+        live.listable = [1]
+        for share in (0.005, 0.4, 0.03, 0.35, 0.3):
+            m = max(1, int(share * live.count))
+            sources = [pruning._DenseScores(conv.clone()), pruning._OuterScores(g, x, live.weights[1], float(w.max()))]
+            flat = torch.cat([conv.reshape(-1), ((g[:, None] * x[None, :]) * live.weights[1]).reshape(-1)])
+            alive = live.alive.clone()
+            # expected: the m smallest alive scores, ties dropping the latest positions
+            order = [i for i in sorted(range(flat.numel()), key=lambda i: (float(flat[i]), -i)) if alive[i]]
+            drop = live.lowest(sources, m)
+            assert sorted(drop.tolist()) == sorted(order[:m])
+            live.remove(drop)
+            assert int(live.alive.sum()) == int(alive.sum()) - m
 
 
 def test_synflow_uses_float64_and_stays_finite_where_float32_overflows():
@@ -351,6 +479,59 @@ def test_synflow_full_size_resnet34_density_001_collapses_only_a_residual_branch
     masks = global_mask(s, 0.01)
     assert set(empty_layers(masks)) <= {"layer4.0.conv1", "layer4.0.conv2"}
     assert masks["layer4.0.downsample.0"].any()
+
+
+def itersnip_reference(model, data, density, rounds):
+    """iterSNIP written plainly, as the reference runs it; the mask of every round.
+
+    Each round: the gradient of the summed per-batch mean loss of the network with masked
+    weights w*m, times the DENSE weights w, top floor(density**(r/rounds) * N) of ALL weights.
+    """
+    ref = copy.deepcopy(model).eval()
+    layers = prunable_layers(ref)
+    w0 = {k: m.weight.detach().clone() for k, m in layers.items()}
+    masks = {k: torch.ones_like(w, dtype=torch.bool) for k, w in w0.items()}
+    history = []
+    for r in range(1, rounds + 1):
+        for k, m in layers.items():
+            m.weight = nn.Parameter(w0[k] * masks[k])
+        ref.zero_grad()
+        for x, y in data:
+            F.cross_entropy(ref(x), y).backward()
+        masks = reference_top_k({k: (m.weight.grad * w0[k]).abs() for k, m in layers.items()}, density ** (r / rounds))
+        history.append(masks)
+    return history
+
+
+@pytest.mark.parametrize("density, rounds", [(0.2, 5), (0.3, 3), (0.05, 4)])
+def test_itersnip_matches_a_plain_reimplementation(density, rounds):
+    model, data = tiny(), batches()
+    got = compute_masks(model, "iterSNIP", density, batches=data, rounds=rounds, progress=False)
+    assert kept(got) == math.floor(density * n_weights(model))
+    assert same_masks(got, itersnip_reference(model, data, density, rounds)[-1])
+
+
+def test_itersnip_revives_a_weight_pruned_in_an_early_round():
+    """A weight whose effect cancels out at first comes back once the cancelling weight is gone.
+
+    x = 1 -> (u0, u1) -> logits z0 = 2 h0 + 2.5 h1, z1 = 0.25 h0 + 1 h1, label 0. u1 feeds both
+    logits almost alike, so its round-1 score |(2.5 d0 + 1 d1) u1| (d = dL/dz, d1 = -d0) is
+    low, and it goes with the two weights into z1 (6 weights, density 0.34, 2 rounds: keep 3,
+    then 2). In round 2 only z0 depends on u1: its score |2.5 d0 u1| is the largest, so it is
+    kept. u0 and the weight 2 tie exactly (one path): the earlier layer keeps its weight.
+    """
+    model = nn.Sequential(nn.Linear(1, 2, bias=False), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0], [1.0]]))
+        model[1].weight.copy_(torch.tensor([[2.0, 2.5], [0.25, 1.0]]))
+    data = [(torch.tensor([[1.0]]), torch.tensor([0]))]
+    first, last = itersnip_reference(model, data, 0.34, 2)
+    assert first["0"].flatten().tolist() == [True, False] and first["1"].flatten().tolist() == [True, True, False, False]
+    got = compute_masks(model, "iterSNIP", 0.34, batches=data, rounds=2, progress=False)
+    assert got["0"].flatten().tolist() == [True, True] and not got["1"].any()  # u1 is back
+    assert kept(got) == math.floor(0.34 * 6) and same_masks(got, last)
+    s = score(model, "iterSNIP", data, density=0.34, rounds=2, progress=False)
+    assert same_masks(global_mask(s, 0.34), got) and all(bool(torch.isfinite(v).all()) for v in s.values())
 
 
 def test_scoring_leaves_the_model_untouched():
