@@ -23,7 +23,7 @@ import pandas as pd
 from scipy.stats import binom
 from scipy.stats import t as t_dist
 
-from . import workbook
+from . import published, workbook
 from .data import on_disk
 from .pruning import method_of
 from .settings import Grid
@@ -38,16 +38,34 @@ DISPLAY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 def reference_grid(grid: Grid, record: dict[str, pd.DataFrame], dataset: str = "cifar10") -> Grid:
     """The grid whose masks are compared with the record's ``dataset``: the record's
     architectures, methods (those that score on data only if ``dataset`` is on disk) and
-    densities that ``grid`` has too, full width, with skips, on ``grid``'s seeds, method
-    options and run folder."""
-    masks = record["masks"]
-    cells = masks[(masks["dataset"] == dataset) & masks["density"].isin(grid.densities)]
+    densities that ``grid`` has in ``archs``, ``methods`` and ``reference_densities``; full
+    width, with skips, no controls, on ``grid``'s seeds, method options and run folder."""
+    layers = record["layers"]  # in both published.read_record() and published.tables()
+    cells = layers[(layers["dataset"] == dataset) & layers["density"].isin(grid.reference_densities)]
     data = on_disk(dataset, grid.data_root)
-    methods = [m for m in dict.fromkeys(cells["method"]) if not method_of(m).needs_data or data]
+    methods = [m for m in dict.fromkeys(cells["method"])
+               if m in grid.methods and (not method_of(m).needs_data or data)]
     return dataclasses.replace(
         grid, dataset=dataset, archs=tuple(a for a in dict.fromkeys(cells["arch"]) if a in grid.archs),
         no_skip=False, methods=tuple(methods), densities=tuple(sorted(cells["density"].unique())),
-        metric_width=1.0, train_width=1.0)
+        metric_width=1.0, train_width=1.0, control_draws=0)
+
+
+def job_reference(grid: Grid, arch: str, density: float, seed: int,
+                  dataset: str = "cifar10") -> Grid | None:
+    """The part of the reference grid that the job of (``arch``, ``density``, ``seed``) draws
+    and measures, so that 05 finds its masks cached (None: nothing of this job's)."""
+    if density not in grid.reference_densities:
+        return None
+    reference = reference_grid(grid, published.read_record(), dataset)
+    if arch not in reference.archs or density not in reference.densities:
+        return None
+    return dataclasses.replace(reference, archs=(arch,), densities=(density,), seeds=(seed,))
+
+
+def reference_done(reference: Grid) -> bool:
+    """Whether every mask of ``reference`` is drawn and measured."""
+    return all(workbook.stage_done(reference, d, "03_spectral") for d in reference.densities)
 
 
 def ensure_masks(reference: Grid, progress: bool = True) -> dict[str, pd.DataFrame]:

@@ -33,7 +33,7 @@ from typing import Iterator, Mapping, Sequence
 import pandas as pd
 import submitit
 
-from . import store, workbook
+from . import reproduction, store, workbook
 from .files import NOTEBOOKS, REPO, read_json, read_table, write_json
 from .progress import bar
 from .settings import Grid, grid_fields
@@ -250,10 +250,18 @@ def submitit_dir(grid: Grid) -> Path:
     return store.submitit_dir(grid.root)
 
 
+def job_reference(grid: Grid, spec: JobSpec) -> Grid | None:
+    """The full-size CIFAR-10 masks of 05 that this job draws and measures (None: none): the
+    grid's ``reference_densities`` spread over its jobs, so that they run in parallel."""
+    return reproduction.job_reference(grid, spec.arch, spec.density, spec.seed)
+
+
 def is_done(grid: Grid, spec: JobSpec) -> bool:
     """Whether every unit of the job is finished (from the units' files)."""
     g = job_grid(grid, spec)
-    return all(workbook.stage_done(g, spec.density, stage) for stage in workbook.STAGES)
+    reference = job_reference(grid, spec)
+    return (all(workbook.stage_done(g, spec.density, stage) for stage in workbook.STAGES)
+            and (reference is None or reproduction.reference_done(reference)))
 
 
 # ------------------------------------------------------------------------------ state
@@ -435,24 +443,30 @@ class UnitJob(submitit.helpers.Checkpointable):
 
     def _run_stages(self, log: logging.Logger) -> None:
         g, density = job_grid(self.grid, self.spec), self.spec.density
-        if not self.notebooks:
-            if self.threads:
-                import torch
+        if self.threads:  # for the work done in this process (the kernels read the environment)
+            import torch
 
-                torch.set_num_threads(self.threads)  # torch may be imported already here
+            torch.set_num_threads(self.threads)  # torch may be imported already here
+        if not self.notebooks:
             for name in workbook.STAGES:
                 start = time.perf_counter()
                 workbook.STAGE_FUNCTIONS[name](g, density, progress=False)
                 log.info("%s done in %.1f s (in the job's process)", name, time.perf_counter() - start)
-            return
-        for name in workbook.STAGES:
-            output = self.folder / f"{name}.ipynb"
-            if output.exists() and workbook.stage_done(g, density, name):
-                log.info("%s: units done and notebook executed already, skipped", name)
-                continue
+        else:
+            for name in workbook.STAGES:
+                output = self.folder / f"{name}.ipynb"
+                if output.exists() and workbook.stage_done(g, density, name):
+                    log.info("%s: units done and notebook executed already, skipped", name)
+                    continue
+                start = time.perf_counter()
+                execute(name, g, output, density=density)
+                log.info("%s done in %.1f s: %s", name, time.perf_counter() - start, output)
+        reference = job_reference(self.grid, self.spec)
+        if reference is not None and not reproduction.reference_done(reference):
             start = time.perf_counter()
-            execute(name, g, output, density=density)
-            log.info("%s done in %.1f s: %s", name, time.perf_counter() - start, output)
+            workbook.metrics_density(reference, density, progress=False)
+            log.info("05's full-size %s masks (%s) done in %.1f s (in the job's process)", reference.dataset,
+                     ", ".join(reference.methods), time.perf_counter() - start)
 
     def __call__(self) -> str:
         with environment(self.threads, self.cuda_devices):

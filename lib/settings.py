@@ -191,6 +191,7 @@ class Grid:
     test_fraction: float = param(0.1, "share of the test set evaluated each epoch (1.0: all of it)")
     bf16: bool = param(False, "bf16 autocast when training on a GPU (changes numerics)")
     control_draws: int = param(1, "density-matched random masks measured per mask (lib.controls; 0: none)")
+    reference_densities: tuple[float, ...] = param((0.1,), "densities of the full-size masks 05 holds against the published record")
     runs_dir: str = param("runs/smoke", "where units (masks, training runs, metrics) are kept")
     data_dir: str = param("data", "where datasets are found or downloaded")
     figures_dir: str = param("runs/smoke/figures", "where 04 and 05 write figures and tables")
@@ -205,6 +206,7 @@ class Grid:
             method_of(method)
         _check_choice("dataset", self.dataset, DATASETS)
         object.__setattr__(self, "densities", tuple(check_density(d) for d in self.densities))
+        object.__setattr__(self, "reference_densities", tuple(check_density(d) for d in self.reference_densities))
 
     # -- construction ---------------------------------------------------------------------
     @classmethod

@@ -61,10 +61,11 @@ def test_compare_gives_each_quantity_a_verdict_and_lists_what_needs_data():
 
 def test_reference_grid_keeps_data_methods_only_where_the_data_are(tmp_path):
     record = published.tables()
-    grid = Grid(densities=[0.1, 0.4, 0.3], data_dir=str(tmp_path), runs_dir=str(tmp_path / "runs"))
+    grid = Grid(reference_densities=[0.1, 0.4, 0.3], data_dir=str(tmp_path), runs_dir=str(tmp_path / "runs"))
     reference = reproduction.reference_grid(grid, record, "cifar10")
     assert reference.methods == ("Rand", "ERK", "SynFlow")  # no CIFAR-10 in tmp_path
     assert reference.densities == (0.1, 0.4) and reference.metric_width == 1.0 and not reference.no_skip
+    assert reference.control_draws == 0
     (tmp_path / "cifar-10-batches-py").mkdir()
     assert "SNIP" in reproduction.reference_grid(grid, record, "cifar10").methods
 
@@ -72,7 +73,7 @@ def test_reference_grid_keeps_data_methods_only_where_the_data_are(tmp_path):
 @pytest.mark.filterwarnings("ignore::lib.pruning.LayerCollapseWarning")
 def test_own_full_size_rand_and_erk_masks_reproduce_the_published_layer_densities(tmp_path):
     record = published.tables()
-    grid = Grid(archs=["resnet34"], methods=["Rand", "ERK"], densities=[0.4], rounds=2,
+    grid = Grid(archs=["resnet34"], methods=["Rand", "ERK"], reference_densities=[0.4], rounds=2,
                 runs_dir=str(tmp_path), data_dir=str(tmp_path))
     reference = reproduction.reference_grid(grid, record, "cifar10")
     reference = reference.__class__(**{**reference.values(), "methods": ("Rand", "ERK")})

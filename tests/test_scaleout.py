@@ -18,7 +18,7 @@ import pytest
 import torch
 from pandas.testing import assert_frame_equal
 
-from lib import cli, scaleout, store, workbook
+from lib import cli, reproduction, scaleout, store, workbook
 from lib.files import read_table
 from lib.settings import Grid
 
@@ -26,6 +26,7 @@ TINY = dict(
     profile="tiny-scale", archs=["resnet34"], no_skip=True, dataset="synthetic", methods=["Rand", "SNIP"],
     densities=[0.1, 0.4], seeds=[1], metric_width=0.0625, train_width=0.0625, scoring_batches=1,
     scoring_batch_size=16, rounds=2, epochs=1, milestones=[1, 1], batch_size=32, train_fraction=1.0,
+    reference_densities=[],
 )
 # One training run of 4 epochs: long enough to be interrupted after its first epoch.
 RESUME = dict(methods=["Rand"], no_skip=False, densities=[0.1], epochs=4, milestones=[2, 3])
@@ -87,7 +88,9 @@ def grid_args(grid) -> list[str]:
 def test_local_executor_gives_the_inprocess_tables(tmp_path, capsys, monkeypatch):
     reference = make_grid(tmp_path / "inprocess")
     run_in_process(reference)
-    grid = make_grid(tmp_path / "local")
+    # The job of density 0.1 also draws and measures 05's full-size CIFAR-10 Rand mask (the
+    # reference's only method here: SNIP would need CIFAR-10 on disk).
+    grid = make_grid(tmp_path / "local", reference_densities=[0.1])
     options = scaleout.Options(executor="local", parallel=2, threads=1)
     # 04 runs in this process: record when it is called instead of drawing (test_workbook's
     # smoke test executes it; here it would add 20 s). The jobs' own processes are untouched.
@@ -115,6 +118,11 @@ def test_local_executor_gives_the_inprocess_tables(tmp_path, capsys, monkeypatch
         state = scaleout.read_state(folder)
         assert (state["state"], state["attempts"], state["threads"], state["error"]) == ("done", 1, 1, None)
         assert state["log"] == str(folder / "job.log") and "03_spectral done" in (folder / "job.log").read_text()
+    first = scaleout.job_reference(grid, specs[0])
+    assert scaleout.job_reference(grid, specs[1]) is None
+    assert (first.archs, first.methods, first.densities, first.metric_width) == (("resnet34",), ("Rand",), (0.1,), 1.0)
+    assert reproduction.reference_done(first) and "05's full-size cifar10 masks (Rand)" in (
+        scaleout.job_dir(grid, specs[0]) / "job.log").read_text()
 
     ours, theirs = workbook.collect(grid), workbook.collect(reference)
     assert ours["missing"].empty and theirs["missing"].empty
