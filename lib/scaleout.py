@@ -173,9 +173,15 @@ def final_notebook(grid: Grid, notebook: str = FINAL) -> Path:
 
 
 def run_finals(grid: Grid) -> Path:
-    """Notebooks 04 and 05 (figures and claims, then the reproduction report); 04's output."""
-    for notebook in FINALS:
-        execute(notebook, grid, final_notebook(grid, notebook))
+    """Notebooks 04 and 05 (figures and claims; the reproduction report), side by side when
+    the machine has the cores (they read the same tables and write different files); 04's
+    output. The first error is raised once both have ended."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(FINALS), os.cpu_count() or 1))) as pool:
+        futures = [pool.submit(execute, nb, grid, final_notebook(grid, nb)) for nb in FINALS]
+    for future in futures:
+        future.result()
     return final_notebook(grid)
 
 
@@ -682,12 +688,15 @@ def _local_gpus(options: Options) -> tuple[str, ...]:
 _JOB_COST = {"vgg16": 2.0, "resnet34": 1.0}
 
 
-def local_order(todo: Sequence[JobSpec]) -> list[JobSpec]:
-    """The order a few local slots take jobs in: density by density, the costlier
-    architecture first within each. Two jobs of one architecture then rarely start together
-    (both would compute that architecture's density-free scores, which the first caches),
-    and the grid does not end with the long jobs of one architecture running alone."""
-    rank = {d: i for i, d in enumerate(dict.fromkeys(s.density for s in todo))}
+def local_order(todo: Sequence[JobSpec], first: Sequence[float] = ()) -> list[JobSpec]:
+    """The order a few local slots take jobs in: density by density (the densities in
+    ``first`` first: their jobs also draw 05's full-size masks, the longest work), the
+    costlier architecture first within each. Two jobs of one architecture then rarely start
+    together (both would compute that architecture's density-free scores, which the first
+    caches), and the grid does not end with the long jobs of one architecture running alone."""
+    densities = list(dict.fromkeys(s.density for s in todo))
+    densities = [d for d in densities if d in first] + [d for d in densities if d not in first]
+    rank = {d: i for i, d in enumerate(densities)}
     return sorted(todo, key=lambda s: (rank[s.density], s.seed, -_JOB_COST.get(s.arch, 1.0), s.arch))
 
 
@@ -696,7 +705,7 @@ def _run_local(grid: Grid, todo: list[JobSpec], options: Options, progress: bool
     :func:`local_order`; job k of the slots running at once gets GPU ``k mod len(gpus)``."""
     executor = make_executor(grid, options)
     gpus = _local_gpus(options)
-    queue, running, finished = local_order(todo), {}, []
+    queue, running, finished = local_order(todo, grid.reference_densities), {}, []
     shown = bar(enabled=progress, total=len(todo), desc=f"{grid.profile} (local, {options.jobs_at_a_time} at a time)",
                 unit="job")
     try:
@@ -761,13 +770,13 @@ class GridRun:
 
 
 def _figures_stale(grid: Grid) -> bool:
-    """Whether 04 and 05 have not run since the last job finished (05 runs last)."""
-    out = final_notebook(grid, FINALS[-1])
-    if not out.exists():
+    """Whether 04 or 05 has not run since the last job finished."""
+    outs = [final_notebook(grid, nb) for nb in FINALS]
+    if not all(out.exists() for out in outs):
         return True
     states = [job_dir(grid, s) / store.JOB_STATE for s in jobs(grid)]
     newest = max((p.stat().st_mtime for p in states if p.exists()), default=0.0)
-    return newest > out.stat().st_mtime
+    return newest > min(out.stat().st_mtime for out in outs)
 
 
 def run_grid(grid: Grid, options: Options, progress: bool = True, wait: bool = True,
