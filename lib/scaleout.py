@@ -137,19 +137,19 @@ def notebook_parameters(notebook: str, values: dict) -> dict:
 def _ipc_kernel_manager():
     """A kernel manager whose kernels talk over local IPC sockets instead of TCP: nothing
     listens on a network port, and ipykernel does not warn about unencrypted TCP."""
-    import itertools
     import tempfile
+    import uuid
 
     from jupyter_client.manager import AsyncKernelManager
-
-    count = itertools.count()
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.transport = "ipc"
-            # socket files (removed at shutdown) in the temp folder, not the working directory
-            self.ip = str(Path(tempfile.gettempdir()) / f"pai-kernel-{os.getpid()}-{next(count)}")
+            # Socket files (removed at shutdown) in the temp folder, not the working directory,
+            # named uniquely per kernel: two kernels on one path (04 and 05 run side by side)
+            # would read each other's messages.
+            self.ip = str(Path(tempfile.gettempdir()) / f"pai-kernel-{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
     return IPCKernelManager
 

@@ -373,3 +373,28 @@ def test_stop_children_stops_a_jobs_kernels():
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_two_kernels_side_by_side_keep_their_own_messages(tmp_path):
+    # 04 and 05 run at once, each in its own IPC kernel: two kernels on one socket path read
+    # each other's messages ("Invalid Signature") and hang. Each notebook must get its own result.
+    import threading
+
+    import nbformat
+    import papermill
+
+    def run(k: int, out: dict) -> None:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"import time; time.sleep(1); x = {k} * 7; x")])
+        src, dst = tmp_path / f"in{k}.ipynb", tmp_path / f"out{k}.ipynb"
+        nbformat.write(nb, src)
+        papermill.execute_notebook(str(src), str(dst), kernel_name="python3", progress_bar=False,
+                                   kernel_manager_class=scaleout._ipc_kernel_manager())
+        out[k] = nbformat.read(dst, as_version=4).cells[0].outputs[0]["data"]["text/plain"]
+
+    results: dict = {}
+    threads = [threading.Thread(target=run, args=(k, results), daemon=True) for k in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == {1: "7", 2: "14"}
