@@ -134,9 +134,12 @@ def notebook_parameters(notebook: str, values: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k in declared}
 
 
-def _ipc_kernel_manager():
+def _ipc_kernel_manager(log: Path | None = None):
     """A kernel manager whose kernels talk over local IPC sockets instead of TCP: nothing
-    listens on a network port, and ipykernel does not warn about unencrypted TCP."""
+    listens on a network port, and ipykernel does not warn about unencrypted TCP. With
+    ``log``, the kernel's own messages (its stderr: start-up and shutdown notices, not the
+    cells' output, which goes into the notebook) are appended to that file instead of the
+    terminal of whoever runs the grid."""
     import tempfile
     import uuid
 
@@ -151,6 +154,12 @@ def _ipc_kernel_manager():
             # would read each other's messages.
             self.ip = str(Path(tempfile.gettempdir()) / f"pai-kernel-{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if log is None:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            with open(log, "ab") as stderr:  # the kernel process keeps its own copy of the handle
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": stderr})
+
     return IPCKernelManager
 
 
@@ -160,11 +169,15 @@ def execute(notebook: str, grid: Grid, output: Path, **extra) -> Path:
 
     params = notebook_parameters(notebook, {**grid.values(), "progress": False, **extra})
     output.parent.mkdir(parents=True, exist_ok=True)
+    log = output.with_suffix(".kernel.log")
     try:
         papermill.execute_notebook(str(NOTEBOOKS / f"{notebook}.ipynb"), str(output), parameters=params,
-                                   cwd=str(REPO), progress_bar=False, kernel_manager_class=_ipc_kernel_manager())
+                                   cwd=str(REPO), progress_bar=False, kernel_manager_class=_ipc_kernel_manager(log))
     except papermill.PapermillExecutionError as err:  # the kernel's traceback is in ``output``
         raise NotebookError(err.ename, err.evalue, output) from None
+    finally:
+        if log.exists() and log.stat().st_size == 0:
+            log.unlink()
     return output
 
 

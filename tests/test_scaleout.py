@@ -377,19 +377,22 @@ def test_stop_children_stops_a_jobs_kernels():
 
 def test_two_kernels_side_by_side_keep_their_own_messages(tmp_path):
     # 04 and 05 run at once, each in its own IPC kernel: two kernels on one socket path read
-    # each other's messages ("Invalid Signature") and hang. Each notebook must get its own result.
+    # each other's messages ("Invalid Signature") and hang. Each notebook must get its own
+    # result, and each kernel's stderr its own log file.
     import threading
 
     import nbformat
     import papermill
 
     def run(k: int, out: dict) -> None:
-        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"import time; time.sleep(1); x = {k} * 7; x")])
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"import os, time; time.sleep(1); os.write(2, b'fd 2 of kernel {k}'); x = {k} * 7; x")])
         src, dst = tmp_path / f"in{k}.ipynb", tmp_path / f"out{k}.ipynb"
         nbformat.write(nb, src)
+        log = tmp_path / f"kernel{k}.log"
         papermill.execute_notebook(str(src), str(dst), kernel_name="python3", progress_bar=False,
-                                   kernel_manager_class=scaleout._ipc_kernel_manager())
+                                   kernel_manager_class=scaleout._ipc_kernel_manager(log))
         out[k] = nbformat.read(dst, as_version=4).cells[0].outputs[0]["data"]["text/plain"]
+        out[f"log{k}"] = log.read_text()
 
     results: dict = {}
     threads = [threading.Thread(target=run, args=(k, results), daemon=True) for k in (1, 2)]
@@ -397,4 +400,6 @@ def test_two_kernels_side_by_side_keep_their_own_messages(tmp_path):
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert results == {1: "7", 2: "14"}
+    assert {k: results[k] for k in (1, 2)} == {1: "7", 2: "14"}
+    # what a kernel writes to its own stderr goes to its log, not to the runner's terminal
+    assert "fd 2 of kernel 1" in results["log1"] and "fd 2 of kernel 2" in results["log2"]
