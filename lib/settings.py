@@ -205,6 +205,7 @@ class Grid:
         for method in self.methods:
             method_of(method)
         _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("synflow_readout", self.synflow_readout, SYNFLOW_READOUTS)
         object.__setattr__(self, "densities", tuple(check_density(d) for d in self.densities))
         object.__setattr__(self, "reference_densities", tuple(check_density(d) for d in self.reference_densities))
 

@@ -75,6 +75,10 @@ def test_bad_profile_values_name_the_fix():
         Grid(methods=["Random"])
     with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
         Grid(dataset="cifar")
+    with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"):
+        Grid(reference_densities=[0.1, 10])
+    with pytest.raises(ValueError, match="unknown synflow_readout 'mean'; choose one of sum, log_softmax"):
+        Grid(synflow_readout="mean")
 
 
 def test_unit_settings_take_their_options_from_the_grid_by_name():
