@@ -26,7 +26,7 @@ from scipy.stats import t as t_dist
 from . import published, workbook
 from .data import on_disk
 from .pruning import method_of
-from .settings import Grid
+from .settings import KEYS, Grid
 
 LEVEL = 0.95  # of the prediction interval that "within the seed spread" means
 TOLERANCE = 1e-6  # where the authors' seeds agree exactly: |own - mean| <= TOLERANCE * (1 + |mean|)
@@ -69,9 +69,11 @@ def reference_done(reference: Grid) -> bool:
 
 
 def ensure_masks(reference: Grid, progress: bool = True) -> dict[str, pd.DataFrame]:
-    """Draw and measure the reference grid's masks (cached units); its ``layers`` and ``masks``."""
-    layers = pd.concat([workbook.metrics_density(reference, d, progress=progress) for d in reference.densities],
-                       ignore_index=True)
+    """Draw and measure the reference grid's masks (cached units); its ``layers`` and ``masks``
+    (empty where the reference has no density, architecture or method: nothing to compare)."""
+    frames = [workbook.metrics_density(reference, d, progress=progress) for d in reference.densities
+              if reference.archs and reference.methods]
+    layers = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*KEYS, "layer", "layer_density"])
     return {"layers": layers, "masks": workbook.mask_summaries(layers)}
 
 
@@ -198,6 +200,8 @@ def tally(table: pd.DataFrame) -> pd.DataFrame:
 
 def summary(table: pd.DataFrame) -> str:
     """What reproduces and what does not, in sentences generated from ``table``."""
+    if table.empty:
+        return "No cell compared: the grid's `reference_densities`, `archs` or `methods` share none with the record."
     lines = []
     for dataset, t in table.groupby("dataset", sort=False):
         name = DISPLAY.get(dataset, dataset)

@@ -83,3 +83,13 @@ def test_own_full_size_rand_and_erk_masks_reproduce_the_published_layer_densitie
     assert (densities[["Rand", "ERK"]] == "within").all(), table[["method", "detail"]]
     assert densities["SNIP"] == "needs CIFAR-10" and densities["SynFlow"] == "not in this grid's methods"
     assert (own["layers"].groupby("method")["layer"].count() == 37).all()
+
+
+def test_an_empty_reference_compares_nothing_and_says_so(tmp_path):
+    # reference_densities=[] is how a grid opts out of 05's full-size masks
+    grid = Grid(reference_densities=[], runs_dir=str(tmp_path), data_dir=str(tmp_path))
+    report = reproduction.reproduce(grid, published.tables(), progress=False)
+    assert report["cells"].empty and report["layers"].empty and "quantity" in report["cells"].columns
+    assert reproduction.tally(report["cells"]).empty
+    assert reproduction.summary(report["cells"]).startswith("No cell compared")
+    assert not any(tmp_path.iterdir())  # nothing drawn
