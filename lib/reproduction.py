@@ -71,9 +71,11 @@ def reference_done(reference: Grid) -> bool:
 def ensure_masks(reference: Grid, progress: bool = True) -> dict[str, pd.DataFrame]:
     """Draw and measure the reference grid's masks (cached units); its ``layers`` and ``masks``
     (empty where the reference has no density, architecture or method: nothing to compare)."""
-    frames = [workbook.metrics_density(reference, d, progress=progress) for d in reference.densities
-              if reference.archs and reference.methods]
-    layers = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*KEYS, "layer", "layer_density"])
+    if not (reference.densities and reference.archs and reference.methods):
+        layers = pd.DataFrame(columns=[*KEYS, "layer", "layer_density"])
+    else:
+        layers = pd.concat([workbook.metrics_density(reference, d, progress=progress) for d in reference.densities],
+                           ignore_index=True)
     return {"layers": layers, "masks": workbook.mask_summaries(layers)}
 
 
