@@ -3,8 +3,9 @@
 This module owns *how a grid is run*: the papermill runner (:func:`execute`, the notebooks'
 parameters cells :func:`parameters_cell`), the in-process runner (:func:`run_inprocess`),
 and scale-out through submitit: a grid's **jobs** (one per architecture, dataset, density
-and seed: notebooks 01 -> 03 on the grid narrowed to it; ResNet-34 without skips rides with
-the ResNet-34 job), their state files, ``status``, and ``estimate``. It computes nothing
+and seed: notebooks 01 -> 03 on the grid narrowed to it, then its share of 05's full-size
+masks (:func:`job_reference`); ResNet-34 without skips rides with the ResNet-34 job), their
+state files, ``status``, and ``estimate``. It computes nothing
 itself: jobs leave the same units in the same run folder as an in-process run, so resume
 and skip-if-done come from :mod:`lib.workbook` and :mod:`lib.store`.
 
@@ -12,8 +13,8 @@ A job's folder (:func:`lib.store.job_dir`) holds its executed notebooks, ``job.l
 ``state.json`` (pending / running / requeued / done / failed, error one-liner, attempts,
 timestamps) and ``submission.json``. Whether a job is *done* is read from its units' files,
 never from ``state.json``. Jobs are ``submitit.helpers.Checkpointable``: a preempted or
-timed-out job is requeued and continues where it stopped. Notebook 04 runs once, in the
-submitting process, when every job is done.
+timed-out job is requeued and continues where it stopped. Notebooks 04 and 05 run once,
+side by side, in the submitting process, when every job is done.
 """
 from __future__ import annotations
 
