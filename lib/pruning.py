@@ -32,11 +32,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from lib import kernels
 from lib.files import save_torch
 from lib.models import prunable_layers
 from lib.progress import bar
@@ -71,8 +73,8 @@ SYNFLOW_READOUTS = ("sum", "log_softmax")  # R = sum(f(1)) (the SynFlow paper), 
 _SAMPLE = 100_000  # values sampled to bracket the global threshold on large models (sorting 1M cost more than the band saved)
 _SIGMAS = 6.0  # a sampled bracket lies this many standard deviations of a sample rank from its target
 _CHUNK = 1 << 22
-_OUTER_CHUNK = 1 << 16  # scores of a Linear layer computed per step (512 KB in float64: stays in the cache)
-_LIST_BELOW = 0.35  # a Linear layer less alive than this is scanned through a list of its alive weights
+_COLLECT = 1 << 18  # scores collected per call of a lib.kernels loop (3 MB of buffers in float64)
+_LIST_BELOW = 0.35  # a layer less alive than this is scanned through a list of its alive weights
 
 
 class LayerCollapseWarning(UserWarning):
@@ -405,158 +407,107 @@ class _FlatScores:
         return dict(zip(self.names, self.views))
 
 
-class _LayerScores:
-    """One layer's scores for :class:`_Survivors`: the queries it makes, over blocks of scores.
-
-    A subclass yields ``(positions, scores, alive flags)`` blocks from ``_blocks``: positions
-    are an int (the block's first flat position in the layer) or a tensor of them.
-    """
-
-    def _blocks(self, alive: torch.Tensor, work: torch.Tensor, listed):
-        raise NotImplementedError
-
-    def _where(self, f: torch.Tensor, at, a):
-        local = f.logical_and_(a).nonzero().squeeze(1)
-        return local, (local + at if isinstance(at, int) else at[local])
-
-    def below(self, hi: torch.Tensor, alive, flags, work, listed=None):
-        """(positions, scores) of the alive weights scoring below ``hi``, in order."""
-        idx, vals = [], []
-        for at, s, a in self._blocks(alive, work, listed):
-            f = flags[: s.numel()]
-            local, where = self._where(torch.lt(s, hi, out=f), at, a)
-            idx.append(where)
-            vals.append(s[local])
-        if not idx:  # an empty list
-            return torch.zeros(0, dtype=torch.int64, device=alive.device), torch.zeros(0, dtype=work.dtype, device=alive.device)
-        return torch.cat(idx), torch.cat(vals)
-
-    def split(self, v: torch.Tensor, alive, flags, work, listed=None):
-        """(positions of the alive weights scoring below ``v``, number scoring exactly ``v``)."""
-        idx, equal = [], 0
-        for at, s, a in self._blocks(alive, work, listed):
-            f = flags[: s.numel()]
-            idx.append(self._where(torch.lt(s, v, out=f), at, a)[1])
-            torch.eq(s, v, out=f)
-            equal += int(f.logical_and_(a).count_nonzero())
-        return (torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64, device=alive.device)), equal
-
-    def equal(self, v: torch.Tensor, alive, flags, work, listed=None) -> torch.Tensor:
-        """Positions of the alive weights scoring exactly ``v``, in order."""
-        idx = []
-        for at, s, a in self._blocks(alive, work, listed):
-            idx.append(self._where(torch.eq(s, v, out=flags[: s.numel()]), at, a)[1])
-        return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64, device=alive.device)
-
-
-class _DenseScores(_LayerScores):
-    """One layer's scores, held in memory (from a materialised weight gradient)."""
-
-    def __init__(self, s: torch.Tensor, finite: bool | None = None):
-        self.s = s.reshape(-1)
-        self.known_finite = finite
-
-    @classmethod
-    def of_gradient(cls, g: torch.Tensor, w: torch.Tensor, w_max: float) -> _DenseScores:
-        """Scores ``|g * w|`` (``w >= 0``) computed in ``g``'s memory, with one pass to bound them."""
-        if g.numel() == 0:
-            return cls(g, True)
-        lo, hi = (float(v) for v in torch.aminmax(g))
-        s = g.mul_(w)
-        if not lo >= 0:  # (also when NaN) otherwise every score is already >= 0
-            s.abs_()
-        return cls(s, math.isfinite(max(-lo, hi) * w_max) or None)  # rounding is monotone: no score exceeds it
-
-    def _blocks(self, alive, work, listed):
-        yield 0, self.s, alive.reshape(-1)
-
-    def at(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.s[idx]
-
-    def finite(self, alive: torch.Tensor, work: torch.Tensor) -> bool:
-        """Whether every alive score is finite (removed weights score 0 unless the gradient is not finite)."""
-        if self.known_finite or self.s.numel() == 0 or math.isfinite(float(self.s.max())):
-            return True
-        return bool(torch.isfinite(self.s[alive.reshape(-1)]).all())
-
-    def write(self, out: torch.Tensor) -> None:
-        out.copy_(self.s.view(out.shape))
-
-
-class _OuterScores(_LayerScores):
-    """A Linear layer's SynFlow scores ``(|g_i| |x_j|) w_ij``, never materialised as a whole.
-
-    At batch 1 a Linear layer's weight gradient is the outer product of its output gradient
-    ``g`` and its input ``x``, and its scores are ``|g_i x_j w_ij|`` (``w >= 0``: the
-    abs-valued network). Multiplying ``g_i x_j`` first, then by ``w_ij``, rounds exactly as
-    autograd's gradient times ``w`` does, so the scores are bit-identical to those. They are
-    computed where needed, a cache-sized block at a time: of rows, or of an :class:`_AliveList`.
-    """
-
-    def __init__(self, g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, w_max: float):
-        self.g, self.x, self.w, self.w_max = g, x, w, w_max  # g: (out,), x: (in,) both >= 0; w: (out, in)
-
-    def at(self, idx: torch.Tensor) -> torch.Tensor:
-        rows = torch.div(idx, self.w.shape[1], rounding_mode="floor")
-        return (self.g[rows] * self.x[idx - rows * self.w.shape[1]]) * self.w.view(-1)[idx]
-
-    def _blocks(self, alive, work, listed):
-        if listed is not None:
-            yield from listed.blocks(self.g, self.x, alive, work)
-            return
-        out, inp = self.w.shape
-        rows = max(1, work.numel() // max(1, inp))
-        for i in range(0, out, rows):
-            j = min(out, i + rows)
-            block = work[: (j - i) * inp].view(j - i, inp)
-            torch.mul(self.g[i:j, None], self.x[None, :], out=block)
-            yield i * inp, block.mul_(self.w[i:j]).view(-1), alive[i:j].reshape(-1)
-
-    def finite(self, alive: torch.Tensor, work: torch.Tensor) -> bool:
-        if self.w.numel() == 0:
-            return True
-        bound = float(self.g.max()) * float(self.x.max()) * self.w_max  # rounding is monotone: no score exceeds it
-        if math.isfinite(bound):
-            return True
-        return all(bool(torch.isfinite(s[a]).all()) for _, s, a in self._blocks(alive, work, None))
-
-    def write(self, out: torch.Tensor) -> None:
-        torch.mul(self.g[:, None], self.x[None, :], out=out).mul_(self.w)
-
-
 class _AliveList:
-    """A mostly removed Linear layer's alive weights as a list: positions, rows, columns, values.
+    """A mostly removed layer's alive weights as a list: flat positions and values (for a
+    Linear layer scored by outer products, also rows and columns).
 
-    Scoring a list entry costs 2-2.5 times a dense one (gathers), so below about 40% alive
-    a list is cheaper than the whole matrix; SynFlow leaves VGG-16's first classifier layer
-    11% alive by round 50 of 100 (density 0.05). Entries removed since the list was
-    built are skipped through the alive flags, and the list is rebuilt when a third of it
+    Scanning a list entry costs about 2-3 times a dense one (gathers), so below ``_LIST_BELOW``
+    alive a list is cheaper than the whole layer; SynFlow leaves the largest layers (ResNet-34's
+    layer4, VGG-16's classifier) a few % alive within tens of rounds. Entries removed since the
+    list was built are skipped through the alive flags; the list is rebuilt when a third of it
     is removed.
     """
 
     def __init__(self, alive: torch.Tensor, w: torch.Tensor):
-        inp = w.shape[1]
-        self.pos = alive.reshape(-1).nonzero().squeeze(1)  # ascending: blocks come out in order
-        rows = torch.div(self.pos, inp, rounding_mode="floor")
-        self.cols = (self.pos - rows * inp).to(torch.int32)
-        self.rows = rows.to(torch.int32)
-        self.w = w.reshape(-1)[self.pos]
+        self.cols = w.shape[1] if w.dim() == 2 else None
+        self._build(alive.reshape(-1).nonzero().squeeze(1), w.reshape(-1))
 
-    def blocks(self, g: torch.Tensor, x: torch.Tensor, alive: torch.Tensor, work: torch.Tensor):
-        alive = alive.reshape(-1)
-        n, c = self.pos.numel(), work.numel() // 2
-        for a in range(0, n, c):
-            b = min(n, a + c)
-            pos, s, t = self.pos[a:b], work[: b - a], work[c : c + b - a]
-            torch.index_select(g, 0, self.rows[a:b], out=s)
-            torch.index_select(x, 0, self.cols[a:b], out=t)
-            yield pos, s.mul_(t).mul_(self.w[a:b]), torch.index_select(alive, 0, pos)
+    def _build(self, pos: torch.Tensor, w_flat: torch.Tensor) -> None:
+        self.pos = pos.to(torch.int32)  # a layer has < 2**31 weights
+        self.w = w_flat[pos]
+        if self.cols is not None:
+            rows = torch.div(pos, self.cols, rounding_mode="floor")
+            self.rows, self.col = rows.to(torch.int32), (pos - rows * self.cols).to(torch.int32)
 
-    def shrink(self, alive: torch.Tensor, live: int) -> None:
+    def shrink(self, alive: torch.Tensor, w: torch.Tensor, live: int) -> None:
         """Rebuild without the removed entries once ``live`` (alive in the layer) is under 2/3 of the list."""
         if 3 * live < 2 * self.pos.numel():
-            keep = torch.index_select(alive.reshape(-1), 0, self.pos).nonzero().squeeze(1)
-            self.pos, self.rows, self.cols, self.w = (torch.index_select(t, 0, keep) for t in (self.pos, self.rows, self.cols, self.w))
+            pos = self.pos.to(torch.int64)
+            self._build(pos[alive.reshape(-1)[pos]], w.reshape(-1))
+
+
+class _LayerScores:
+    """One layer's SynFlow scores in a round, computed where they are read (:mod:`lib.kernels`).
+
+    ``g`` is the layer's weight gradient (``w``'s shape), or for a Linear layer at batch 1 the
+    output gradient ``|g|`` (``out``), with ``x`` its input ``|x|`` (``in``): the scores are then
+    ``(g_i x_j) w_ij``, rounded exactly as autograd's gradient times ``w`` (``>= 0``) is, never
+    materialised. ``listed``: the layer's :class:`_AliveList`, if it has one.
+    """
+
+    def __init__(self, g: torch.Tensor, w: torch.Tensor, alive: torch.Tensor, x: torch.Tensor | None = None, listed=None):
+        self.g, self.w, self.alive, self.x, self.listed = g, w, alive, x, listed
+
+    def at(self, idx: torch.Tensor) -> torch.Tensor:
+        """Scores at flat positions ``idx`` of the layer."""
+        w = self.w.reshape(-1)[idx]
+        if self.x is None:
+            return self.g.reshape(-1)[idx].abs_().mul_(w)
+        rows = torch.div(idx, self.w.shape[1], rounding_mode="floor")
+        return (self.g[rows] * self.x[idx - rows * self.w.shape[1]]).mul_(w)
+
+    def write(self, out: torch.Tensor) -> None:
+        """All scores (removed weights included) into ``out``, of ``w``'s shape."""
+        if self.x is None:
+            torch.mul(self.g.abs(), self.w, out=out)
+        else:
+            torch.mul(self.g[:, None], self.x[None, :], out=out).mul_(self.w)
+
+    def _call(self, reverse: bool):
+        """The kernel for this layer, its arguments before ``(lo, hi, start, big, idx, val)``,
+        how far it runs, and whether its positions count from the end (``reverse``)."""
+        w, alive, g = self.w.numpy(), self.alive.numpy().view(np.uint8), self.g.numpy()
+        listed, back = self.listed, slice(None, None, -1 if reverse else 1)
+        if listed is None and self.x is None:
+            return kernels.collect_dense, (g.reshape(-1)[back], w.reshape(-1)[back], alive.reshape(-1)[back]), w.size, reverse
+        if listed is None:
+            return kernels.collect_outer, (g[back], self.x.numpy()[back], w[back, back], alive[back, back]), w.size, reverse
+        alive, pos, wl = alive.reshape(-1), listed.pos.numpy()[back], listed.w.numpy()[back]
+        if self.x is None:
+            return kernels.collect_listed_dense, (g.reshape(-1), pos, wl, alive), pos.size, False
+        rows, cols = listed.rows.numpy()[back], listed.col.numpy()[back]
+        return kernels.collect_listed_outer, (g, self.x.numpy(), rows, cols, pos, wl, alive), pos.size, False
+
+    def collect(self, lo, hi, idx: np.ndarray, val: np.ndarray, limit: int | None = None, reverse: bool = False):
+        """``(positions, scores, finite)`` of the alive weights scoring in ``[lo, hi)``, in order
+        (``reverse``: from the last, and at most ``limit`` of them); ``finite``: whether every
+        alive score is finite. ``idx``, ``val``: work buffers."""
+        kernel, args, n, flip = self._call(reverse)
+        t = val.dtype.type
+        lo, hi, big = t(lo), t(hi), t(np.finfo(t).max)  # compared in the scores' dtype: faster, and exact
+        parts, start, got, ok = [], 0, 0, True
+        while start < n and (limit is None or got < limit):
+            room = len(idx) if limit is None else min(len(idx), limit - got)
+            c, start, seen_ok = kernel(*args, lo, hi, start, big, idx[:room], val[:room])
+            ok &= bool(seen_ok)
+            got += c
+            if c:
+                parts.append((torch.from_numpy(idx[:c].copy()), torch.from_numpy(val[:c].copy())))
+        if not parts:
+            positions, scores = torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=self.w.dtype)
+        elif len(parts) == 1:
+            positions, scores = parts[0]
+        else:
+            positions, scores = torch.cat([p for p, _ in parts]), torch.cat([s for _, s in parts])
+        if flip:
+            positions = (self.w.numel() - 1) - positions
+        return positions, scores, ok or self._alive_finite()
+
+    def _alive_finite(self) -> bool:
+        """Whether every alive score is finite (a score above the dtype's range, or NaN, was
+        seen: it may belong to a removed weight, whose gradient can be anything)."""
+        pos = self.alive.reshape(-1).nonzero().squeeze(1)
+        return bool(torch.isfinite(self.at(pos)).all())
 
 
 class _Survivors:
@@ -567,9 +518,10 @@ class _Survivors:
     weights a global top-k over the alive scores would not keep: the lowest, ties at the
     threshold dropping the LATEST positions (so the earliest are kept, as in ``global_mask``).
     No sort and no copy of the scores: a strided sample brackets the threshold from above,
-    one pass collects the alive scores below the bracket (a few % of them), and the exact
-    threshold is the k-th value among those; a bracket that turns out too low is widened.
-    Linear layers (``listable``) mostly removed are scanned through an :class:`_AliveList`.
+    one compiled pass per layer (:mod:`lib.kernels`) collects the alive scores below the
+    bracket (a few % of them) and checks that all are finite, and the exact threshold is the
+    k-th value among those; a bracket that turns out too low is widened. Layers mostly
+    removed are scanned through an :class:`_AliveList`.
     """
 
     def __init__(self, names, weights, device):
@@ -579,29 +531,34 @@ class _Survivors:
         for s in self.sizes:
             self.offsets.append(self.offsets[-1] + s)
         self.n = self.offsets[-1]
-        self.flat = torch.empty(self.n, dtype=weights[0].dtype, device=device)
+        self.flat = torch.cat([w.detach().reshape(-1).cpu() for w in weights])  # the selection runs on the CPU
         self.weights = [v.view(s) for v, s in zip(self.flat.split(self.sizes), self.shapes)]
-        for v, w in zip(self.weights, weights):
-            v.copy_(w)
-        self.alive = torch.ones(self.n, dtype=torch.bool, device=device)
+        # the network's copy, on its device (the same tensors on the CPU)
+        self.device_flat = self.flat if device.type == "cpu" else self.flat.to(device)
+        self.device_weights = [v.view(s) for v, s in zip(self.device_flat.split(self.sizes), self.shapes)]
+        self.alive = torch.ones(self.n, dtype=torch.bool)
         self.alive_views = [a.view(s) for a, s in zip(self.alive.split(self.sizes), self.shapes)]
         self.count = self.n
-        self.listable: list[int] = []  # indices of Linear layers scored by _OuterScores (may use lists)
-        self.layer_alive = list(self.sizes)  # kept up to date for the listable layers only
+        self.layer_alive = list(self.sizes)
         self.lists: list[_AliveList | None] = [None] * len(names)
-        self.work = torch.empty(2 * _OUTER_CHUNK, dtype=self.flat.dtype, device=device)
-        self.flags = torch.empty(max(self.sizes + [2 * _OUTER_CHUNK]), dtype=torch.bool, device=device)
+        self.idx = np.empty(_COLLECT, dtype=np.int64)
+        self.val = np.empty(_COLLECT, dtype=self.flat.numpy().dtype)
 
-    def _ask(self, j: int, src, method: str, *args):
-        """``src.method(*args, ...)`` for layer ``j`` with its alive flags, buffers and list."""
-        return getattr(src, method)(*args, self.alive_views[j], self.flags, self.work, self.lists[j])
+    def layer(self, j: int, g: torch.Tensor, x: torch.Tensor | None = None) -> _LayerScores:
+        """Layer ``j``'s scores this round, from its weight gradient (or output gradient and input)."""
+        return _LayerScores(g, self.weights[j], self.alive_views[j], x, self.lists[j])
 
-    def check(self, sources, method: str, r: int) -> None:
-        if self.count == 0:
-            return
-        for name, src, alive in zip(self.names, sources, self.alive_views):
-            if not src.finite(alive, self.work):
-                raise FloatingPointError(f"{method} scores of {name!r} are not finite in round {r}")
+    def _collect(self, sources, lo, hi):
+        """(flat positions, scores) of :meth:`_LayerScores.collect` over all layers; raises
+        ``FloatingPointError`` naming the first layer with an alive score that is not finite."""
+        idx, vals = [], []
+        for name, src, off in zip(self.names, sources, self.offsets):
+            i, s, finite = src.collect(float(lo), float(hi), self.idx, self.val)
+            if not finite:
+                raise FloatingPointError(f"SynFlow scores of {name!r} are not finite")
+            idx.append(i + off)
+            vals.append(s)
+        return torch.cat(idx), torch.cat(vals)
 
     def scores(self, sources) -> dict[str, torch.Tensor]:
         """The scores of this round, weights removed in earlier rounds at ``-inf``."""
@@ -613,46 +570,50 @@ class _Survivors:
         return dict(zip(self.names, views))
 
     def _sample(self, sources) -> torch.Tensor:
-        """Scores of about ``_SAMPLE`` alive weights, at evenly strided positions (unsorted)."""
+        """Scores of about ``_SAMPLE`` alive weights, evenly strided over each layer (or its
+        list of alive weights), unsorted."""
         step = max(1, self.count // _SAMPLE)
         while step > 1 and any(step % p == 0 for p in (2, 3, 5, 7)):  # no aliasing with row lengths
             step += 1
-        pos = torch.arange(step // 2, self.n, step, device=self.flat.device)
-        pos = pos[self.alive[pos]]
-        cuts = torch.searchsorted(pos, torch.tensor(self.offsets, device=pos.device)).tolist()
-        vals = [src.at(pos[a:b] - off) for src, off, a, b in zip(sources, self.offsets, cuts, cuts[1:]) if b > a]
+        vals = []
+        for src, alive, listed, size in zip(sources, self.alive_views, self.lists, self.sizes):
+            if listed is None:
+                pos = torch.arange(min(step // 2, size), size, step)
+            else:
+                pos = listed.pos[step // 2 :: step].to(torch.int64)
+            pos = pos[alive.reshape(-1)[pos]]
+            if pos.numel():
+                vals.append(src.at(pos))
         return torch.cat(vals)
 
     def _tied(self, sources, v: torch.Tensor, m: int) -> torch.Tensor | None:
         """The ``m`` to drop if the threshold is ``v`` (everything below, then the latest at ``v``); else None.
 
         For a threshold inside a large mass of equal scores (ResNet-34's layer4 runs at 1x1, so
-        8 of its 9 kernel taps score exactly 0): the tied scores are counted, not collected.
+        8 of its 9 kernel taps score exactly 0): the tied scores are collected from the end,
+        only as many as are dropped.
         """
-        below, equal = [], 0
-        for j, src in enumerate(sources):
-            idx, c = self._ask(j, src, "split", v)
-            below.append(idx + self.offsets[j])
-            equal += c
-        below = torch.cat(below)
+        below, _ = self._collect(sources, -math.inf, v)
         need = m - below.numel()
-        if not 0 <= need < equal:
+        if need < 0:
             return None
+        t = self.val.dtype.type
+        above = float(np.nextafter(t(v), t(np.inf)))  # [v, above): exactly v
         tied = []
-        for j in reversed(range(len(sources))):  # the latest tied positions, layer by layer from the end
+        for j in reversed(range(len(sources))):
             if need == 0:
                 break
-            idx = self._ask(j, sources[j], "equal", v)
-            take = idx[max(0, idx.numel() - need) :]
-            tied.append(take + self.offsets[j])
-            need -= take.numel()
-        return torch.cat([below, *tied])
+            idx, _, _ = sources[j].collect(float(v), above, self.idx, self.val, limit=need, reverse=True)
+            tied.append(idx + self.offsets[j])
+            need -= idx.numel()
+        return None if need else torch.cat([below, *tied])
 
     def lowest(self, sources, m: int) -> torch.Tensor:
         """Flat positions of the ``m`` alive weights a top-(count - m) would not keep."""
-        if m <= 0:
-            return torch.zeros(0, dtype=torch.int64, device=self.flat.device)
-        if m >= self.count:
+        if m <= 0 or m >= self.count:
+            self._collect(sources, -math.inf, -math.inf)  # collects nothing; checks that the scores are finite
+            if m <= 0:
+                return torch.zeros(0, dtype=torch.int64, device=self.flat.device)
             return self.alive.nonzero().squeeze(1)
         inf = self.flat.new_tensor(math.inf)
         if self.count <= 4 * _SAMPLE:
@@ -680,12 +641,7 @@ class _Survivors:
                     sample = values.sort().values
                     j = int(torch.searchsorted(sample, sample[i], right=True))
                 hi = sample[j] if j < r else inf
-            idx, vals = [], []
-            for j, src in enumerate(sources):
-                i_, v_ = self._ask(j, src, "below", hi)
-                idx.append(i_ + self.offsets[j])
-                vals.append(v_)
-            idx, vals = torch.cat(idx), torch.cat(vals)
+            idx, vals = self._collect(sources, -math.inf, hi)
             if idx.numel() > m:  # the (m+1) smallest alive scores are all below hi
                 break
             margin *= 16
@@ -699,16 +655,20 @@ class _Survivors:
 
     def remove(self, drop: torch.Tensor) -> None:
         self.flat.index_fill_(0, drop, 0.0)
+        if self.device_flat is not self.flat:
+            self.device_flat.index_fill_(0, drop.to(self.device_flat.device), 0.0)
         self.alive.index_fill_(0, drop, False)
         self.count -= drop.numel()
-        if not self.listable or drop.numel() == 0:
+        if drop.numel() == 0:
             return
         starts = torch.tensor(self.offsets[1:-1], device=drop.device)
         dropped = torch.bincount(torch.bucketize(drop, starts, right=True), minlength=len(self.sizes)).tolist()
-        for j in self.listable:
-            self.layer_alive[j] -= dropped[j]
+        for j, d in enumerate(dropped):
+            if d == 0:
+                continue
+            self.layer_alive[j] -= d
             if self.lists[j] is not None:
-                self.lists[j].shrink(self.alive_views[j], self.layer_alive[j])
+                self.lists[j].shrink(self.alive_views[j], self.weights[j], self.layer_alive[j])
             elif self.layer_alive[j] < _LIST_BELOW * self.sizes[j]:
                 self.lists[j] = _AliveList(self.alive_views[j], self.weights[j])
 
@@ -758,15 +718,27 @@ class _LinearTaps:
             h.remove()
 
 
-def _score_synflow(model, density, batches, device, rounds=100, progress=True, input_shape=None, readout="sum", dtype=torch.float64):
+def _score_synflow(model, density, batches, device, rounds=100, progress=True, input_shape=None, readout="sum", dtype=None):
     """SynFlow (Tanaka et al. 2020): ``rounds`` rounds of scoring the abs-valued network at input 1.
 
     ``readout``: R = sum(f(1)) ("sum", the SynFlow paper) or sum(log_softmax(f(1)))
-    ("log_softmax", what made the authors' published masks). ``dtype``: float64, as products
-    of |w| along deep paths overflow float32 (float32 only to compare with the reference).
+    ("log_softmax", what made the authors' published masks). ``dtype``: by default float32, as
+    the authors' code scored, and float64 from the start again if an alive score is not finite
+    in float32 (products of |w| along deep paths can overflow it: ~160**30 in a 30-layer MLP);
+    a given dtype is used alone.
     """
     if readout not in SYNFLOW_READOUTS:
         raise ValueError(f"readout must be 'sum' (the SynFlow paper) or 'log_softmax' (the authors' published masks), got {readout!r}")
+    if dtype is None:
+        try:
+            return _synflow_rounds(model, density, batches, device, rounds, progress, input_shape, readout, torch.float32)
+        except FloatingPointError:
+            pass  # float32 overflowed: the same rounds in float64
+        dtype = torch.float64
+    return _synflow_rounds(model, density, batches, device, rounds, progress, input_shape, readout, dtype)
+
+
+def _synflow_rounds(model, density, batches, device, rounds, progress, input_shape, readout, dtype):
     layers = prunable_layers(model)
     names = list(layers)
     if input_shape is None:
@@ -780,15 +752,14 @@ def _score_synflow(model, density, batches, device, rounds=100, progress=True, i
     x = torch.ones((1, *input_shape), dtype=dtype, device=device)
     taps = _LinearTaps({n: m for n, m in layers.items() if isinstance(m, nn.Linear)})
     try:
-        leaves = {n: w.detach().requires_grad_() for n, w in zip(names, live.weights) if not isinstance(layers[n], nn.Linear)}
-        tensors.update({f"{n}.weight": leaves.get(n, w) for n, w in zip(names, live.weights)})
+        weights = live.device_weights
+        leaves = {n: w.detach().requires_grad_() for n, w in zip(names, weights) if not isinstance(layers[n], nn.Linear)}
+        tensors.update({f"{n}.weight": leaves.get(n, w) for n, w in zip(names, weights)})
         outer, input_grad = taps.probe(lambda: torch.func.functional_call(model, tensors, (x,)))
-        for n, w in zip(names, live.weights):
+        for n, w in zip(names, weights):
             if n not in leaves and n not in outer:  # a Linear layer run twice, or on more than a vector
                 leaves[n] = tensors[f"{n}.weight"] = w.detach().requires_grad_()
         taps.tapped = outer
-        live.listable = [j for j, n in enumerate(names) if n in outer]
-        w_max = {n: float(w.max()) if w.numel() else 0.0 for n, w in zip(names, live.weights)}
         inputs = list(leaves.values()) + ([x.requires_grad_()] if input_grad else [])
         scores = None
         for r in bar(range(1, rounds + 1), enabled=progress, desc="SynFlow rounds", leave=False):
@@ -799,19 +770,20 @@ def _score_synflow(model, density, batches, device, rounds=100, progress=True, i
             grads = dict(zip(leaves, torch.autograd.grad(R, inputs, allow_unused=True)))
             del R, out
             sources = []
-            for n, w in zip(names, live.weights):
+            for j, (n, w) in enumerate(zip(names, live.weights)):
                 if n in outer:
                     g = taps.grads.get(n, w.new_zeros(w.shape[0]))  # no gradient: the layer does not reach R
-                    sources.append(_OuterScores(g, taps.inputs[n], w, w_max[n]))
+                    sources.append(live.layer(j, g.cpu(), taps.inputs[n].cpu()))
                 else:
-                    g = grads[n] if grads[n] is not None else torch.zeros_like(w)
-                    sources.append(_DenseScores.of_gradient(g, w, w_max[n]))
+                    sources.append(live.layer(j, grads[n].cpu() if grads[n] is not None else torch.zeros_like(w)))
             del grads
-            live.check(sources, "SynFlow", r)
             k = kept_count(live.n, density ** (r / rounds))
             if r == rounds:
                 scores = live.scores(sources)
-            live.remove(live.lowest(sources, live.count - k))
+            try:
+                live.remove(live.lowest(sources, live.count - k))
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{err} in round {r}") from None
     finally:
         taps.remove()
     return scores

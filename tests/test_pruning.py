@@ -286,9 +286,9 @@ def test_grasp_scores_match_an_independent_hessian_gradient_product():
     assert got[keep].min() >= got[~keep].max()
 
 
-def synflow_reference(model, density, rounds, readout="sum", input_shape=(3, 32, 32)):
-    """SynFlow written plainly: a float64 |copy|, masks multiplied in, full-sort selection."""
-    ref = copy.deepcopy(model).double().eval()
+def synflow_reference(model, density, rounds, readout="sum", input_shape=(3, 32, 32), dtype=torch.float32):
+    """SynFlow written plainly: a |copy| in ``dtype``, masks multiplied in, full-sort selection."""
+    ref = copy.deepcopy(model).to(dtype).eval()
     with torch.no_grad():
         for t in ref.state_dict().values():
             if t.is_floating_point():
@@ -300,7 +300,7 @@ def synflow_reference(model, density, rounds, readout="sum", input_shape=(3, 32,
         for k, m in layers.items():
             m.weight = nn.Parameter(w0[k] * masks[k])
         ref.zero_grad()
-        out = ref(torch.ones(1, *input_shape, dtype=torch.float64))
+        out = ref(torch.ones(1, *input_shape, dtype=dtype))
         (out.sum() if readout == "sum" else F.log_softmax(out, dim=1).sum()).backward()
         scores = {k: torch.where(masks[k], (m.weight.grad * m.weight).abs(), -math.inf) for k, m in layers.items()}
         masks = reference_top_k(scores, density ** (r / rounds))
@@ -371,15 +371,16 @@ def test_synflow_on_linear_layers_run_twice_on_3d_inputs_or_first(readout):
 
 def test_synflow_log_softmax_readout_scores_match_autograd_in_round_one():
     model = tiny()
-    ref = copy.deepcopy(model).double().eval()
+    ref = copy.deepcopy(model).eval()
     with torch.no_grad():
         for t in ref.state_dict().values():
             if t.is_floating_point():
                 t.abs_()
-    F.log_softmax(ref(torch.ones(1, 3, 32, 32, dtype=torch.float64)), dim=1).sum().backward()
+    F.log_softmax(ref(torch.ones(1, 3, 32, 32)), dim=1).sum().backward()
     expected = {k: (m.weight * m.weight.grad).abs() for k, m in prunable_layers(ref).items()}
     got = score(model, "SynFlow", density=0.5, rounds=1, progress=False, readout="log_softmax")
-    assert all(got[k].dtype == torch.float64 and torch.allclose(got[k], expected[k], rtol=1e-12, atol=0) for k in expected)
+    assert all(got[k].dtype == torch.float32 and torch.equal(got[k], expected[k]) for k in expected)  # float32, as the authors'
+
     # not the sum readout: log_softmax's gradient (1 - 10 softmax) has either sign
     plain = score(model, "SynFlow", density=0.5, rounds=1, progress=False)
     assert not all(torch.allclose(got[k], plain[k]) for k in got)
@@ -399,15 +400,17 @@ def test_synflow_readout_must_be_sum_or_log_softmax():
         prune(tiny(), "SNIP", 0.1, batches=batches(), readout="sum")
 
 
-def test_survivors_drop_exactly_the_lowest_alive_with_ties_to_the_latest(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_survivors_drop_exactly_the_lowest_alive_with_ties_to_the_latest(monkeypatch, dtype):
     """The removal step against a stable sort, on scores full of ties, with lists and retries."""
     monkeypatch.setattr(pruning, "_SAMPLE", 200)  # 2,100 weights: sampled brackets (and the tie path) run
+    monkeypatch.setattr(pruning, "_COLLECT", 7)  # the compiled loops stop and resume many times
     gen = torch.Generator().manual_seed(0)
-    few = lambda *shape: torch.randint(0, 6, shape, generator=gen).double()  # a few values: heavy ties
-    one = lambda *shape: torch.ones(shape, dtype=torch.float64)  # one big tie: the threshold inside it
-    cases = [  # (conv scores, fc weights, fc output gradient, fc input), sigmas, list threshold
-        ((few(100, 3, 3), few(40, 30), few(40) % 3, few(30) % 2 + 1), 6.0, 0.9),  # g zeros: rows tie at 0
-        ((few(100, 3, 3), few(40, 30), few(40) % 3, few(30) % 2 + 1), 0.0, 1.0),
+    few = lambda *shape: torch.randint(0, 6, shape, generator=gen).to(dtype)  # a few values: heavy ties
+    one = lambda *shape: torch.ones(shape, dtype=dtype)  # one big tie: the threshold inside it
+    cases = [  # (conv weight gradient, fc weights, fc output gradient, fc input), sigmas, list threshold
+        ((few(100, 3, 3) - 2, few(40, 30), few(40) % 3, few(30) % 2 + 1), 6.0, 0.9),  # g zeros: rows tie at 0
+        ((few(100, 3, 3) - 2, few(40, 30), few(40) % 3, few(30) % 2 + 1), 0.0, 1.0),
         ((few(100, 3, 3), few(40, 30), few(40) % 3, few(30) % 2 + 1), 6.0, 0.0),
         ((one(100, 3, 3), one(40, 30), one(40), one(30)), 6.0, 1.0),
         ((one(100, 3, 3), one(40, 30), one(40), one(30)), 6.0, 0.0),
@@ -415,12 +418,11 @@ def test_survivors_drop_exactly_the_lowest_alive_with_ties_to_the_latest(monkeyp
     for (conv, w, g, x), sigmas, list_below in cases:
         monkeypatch.setattr(pruning, "_SIGMAS", sigmas)
         monkeypatch.setattr(pruning, "_LIST_BELOW", list_below)
-        live = pruning._Survivors(["conv", "fc"], [torch.ones(100, 3, 3, dtype=torch.float64), w], torch.device("cpu"))
-        live.listable = [1]
+        live = pruning._Survivors(["conv", "fc"], [torch.ones(100, 3, 3, dtype=dtype), w], torch.device("cpu"))
         for share in (0.005, 0.4, 0.03, 0.35, 0.3):
             m = max(1, int(share * live.count))
-            sources = [pruning._DenseScores(conv.clone()), pruning._OuterScores(g, x, live.weights[1], float(w.max()))]
-            flat = torch.cat([conv.reshape(-1), ((g[:, None] * x[None, :]) * live.weights[1]).reshape(-1)])
+            sources = [live.layer(0, conv.clone()), live.layer(1, g, x)]
+            flat = torch.cat([(conv.abs() * live.weights[0]).reshape(-1), ((g[:, None] * x[None, :]) * live.weights[1]).reshape(-1)])
             alive = live.alive.clone()
             # expected: the m smallest alive scores, ties dropping the latest positions
             order = [i for i in sorted(range(flat.numel()), key=lambda i: (float(flat[i]), -i)) if alive[i]]
@@ -428,9 +430,22 @@ def test_survivors_drop_exactly_the_lowest_alive_with_ties_to_the_latest(monkeyp
             assert sorted(drop.tolist()) == sorted(order[:m])
             live.remove(drop)
             assert int(live.alive.sum()) == int(alive.sum()) - m
+            assert live.layer_alive == [int(a.sum()) for a in live.alive_views]
+        assert any(lst is not None for lst in live.lists) == (list_below > 0)
 
 
-def test_synflow_uses_float64_and_stays_finite_where_float32_overflows():
+def test_synflow_names_the_layer_whose_alive_scores_are_not_finite():
+    live = pruning._Survivors(["conv", "fc"], [torch.ones(10, 3, 3), torch.ones(4, 5)], torch.device("cpu"))
+    live.remove(torch.tensor([0, 1]))
+    g = torch.ones(10, 3, 3)
+    g.view(-1)[0] = math.inf  # a removed weight's gradient may be anything
+    assert live.lowest([live.layer(0, g), live.layer(1, torch.ones(4), torch.ones(5))], 3).numel() == 3
+    g.view(-1)[5] = math.nan  # an alive one's may not
+    with pytest.raises(FloatingPointError, match="SynFlow scores of 'conv' are not finite"):
+        live.lowest([live.layer(0, g), live.layer(1, torch.ones(4), torch.ones(5))], 3)
+
+
+def test_synflow_scores_in_float32_and_falls_back_to_float64_where_float32_overflows():
     gen = torch.Generator().manual_seed(0)
     sizes = [3 * 32 * 32] + [200] * 29 + [10]  # 30 linear layers
     model = nn.Sequential(nn.Flatten(), *[nn.Linear(a, b) for a, b in zip(sizes, sizes[1:])])
@@ -449,6 +464,8 @@ def test_synflow_uses_float64_and_stays_finite_where_float32_overflows():
     assert all(bool(torch.isfinite(v[v > -math.inf]).all()) for v in s.values())
     masks = global_mask(s, 0.1)
     assert kept(masks) == math.floor(0.1 * n_weights(model)) and not empty_layers(masks)
+    assert same_masks(masks, synflow_reference(model, 0.1, 10, dtype=torch.float64))
+    assert all(v.dtype == torch.float32 for v in score(tiny(), "SynFlow", density=0.1, rounds=2, progress=False).values())
 
 
 def test_synflow_on_small_vgg16_at_density_001_has_no_empty_layer():

@@ -98,9 +98,9 @@ def test_run_folder_hash_is_pinned():
     # If this fails, every existing run folder would be re-labelled: bump SCHEMA_VERSION on
     # purpose (and update the pinned values) only when a setting's meaning changes.
     prune = PruneSettings(arch="resnet34", dataset="cifar10", method="SNIP", density=0.05, seed=1)
-    assert SCHEMA_VERSION == 5
-    assert settings_hash(prune) == "9f634700f8fe"
-    assert settings_hash(TrainRun(prune=prune, train=TrainSettings())) == "e6e3c7aad614"
+    assert SCHEMA_VERSION == 6
+    assert settings_hash(prune) == "645c41fda37f"
+    assert settings_hash(TrainRun(prune=prune, train=TrainSettings())) == "244b52fa9c74"
 
 
 def test_hash_covers_every_field_including_defaults():
