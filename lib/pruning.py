@@ -408,32 +408,44 @@ class _FlatScores:
 
 
 class _AliveList:
-    """A mostly removed layer's alive weights as a list: flat positions and values (for a
-    Linear layer scored by outer products, also rows and columns).
+    """A mostly removed layer's alive weights as a list: flat positions and values, or for a
+    Linear layer scored by outer products, compressed rows (row pointers, columns, values).
 
-    Scanning a list entry costs about 2-3 times a dense one (gathers), so below ``_LIST_BELOW``
+    Scanning a list entry costs about twice a dense one (gathers), so below ``_LIST_BELOW``
     alive a list is cheaper than the whole layer; SynFlow leaves the largest layers (ResNet-34's
     layer4, VGG-16's classifier) a few % alive within tens of rounds. Entries removed since the
-    list was built are skipped through the alive flags; the list is rebuilt when a third of it
-    is removed.
+    list was compacted are skipped through the alive flags; it is compacted in place (the
+    first ``n`` entries are the list) when a third of it is removed.
     """
 
-    def __init__(self, alive: torch.Tensor, w: torch.Tensor):
-        self.cols = w.shape[1] if w.dim() == 2 else None
-        self._build(alive.reshape(-1).nonzero().squeeze(1), w.reshape(-1))
+    def __init__(self, alive: torch.Tensor, w: torch.Tensor, outer: bool):
+        pos = alive.reshape(-1).nonzero().squeeze(1)
+        self.n = pos.numel()
+        self.w = w.reshape(-1)[pos]
+        self.width = w.shape[1] if outer else None
+        if outer:  # a layer has < 2**31 weights: int32 columns
+            self.rowptr = torch.zeros(w.shape[0] + 1, dtype=torch.int64)
+            torch.cumsum(alive.reshape(w.shape[0], -1).sum(1), 0, out=self.rowptr[1:])
+            self.cols = (pos % self.width).to(torch.int32)
+        else:
+            self.pos = pos.to(torch.int32)
 
-    def _build(self, pos: torch.Tensor, w_flat: torch.Tensor) -> None:
-        self.pos = pos.to(torch.int32)  # a layer has < 2**31 weights
-        self.w = w_flat[pos]
-        if self.cols is not None:
-            rows = torch.div(pos, self.cols, rounding_mode="floor")
-            self.rows, self.col = rows.to(torch.int32), (pos - rows * self.cols).to(torch.int32)
+    def shrink(self, alive: torch.Tensor, live: int) -> None:
+        """Compact once ``live`` (alive in the layer) is under 2/3 of the list."""
+        if 3 * live >= 2 * self.n:
+            return
+        flags = alive.reshape(-1).numpy()
+        if self.width is None:
+            self.n = kernels.compact_listed(self.pos.numpy()[: self.n], self.w.numpy()[: self.n], flags)
+        else:
+            self.n = kernels.compact_csr(self.rowptr.numpy(), self.cols.numpy(), self.w.numpy(), flags, self.width)
 
-    def shrink(self, alive: torch.Tensor, w: torch.Tensor, live: int) -> None:
-        """Rebuild without the removed entries once ``live`` (alive in the layer) is under 2/3 of the list."""
-        if 3 * live < 2 * self.pos.numel():
-            pos = self.pos.to(torch.int64)
-            self._build(pos[alive.reshape(-1)[pos]], w.reshape(-1))
+    def positions(self, entries: torch.Tensor) -> torch.Tensor:
+        """Flat positions (int64) of list entries ``entries``."""
+        if self.width is None:
+            return self.pos[entries].to(torch.int64)
+        rows = torch.searchsorted(self.rowptr[1:], entries, right=True)
+        return rows * self.width + self.cols[entries]
 
 
 class _LayerScores:
@@ -466,17 +478,19 @@ class _LayerScores:
     def _call(self, reverse: bool):
         """The kernel for this layer, its arguments before ``(lo, hi, start, big, idx, val)``,
         how far it runs, and whether its positions count from the end (``reverse``)."""
-        w, alive, g = self.w.numpy(), self.alive.numpy().view(np.uint8), self.g.numpy()
-        listed, back = self.listed, slice(None, None, -1 if reverse else 1)
-        if listed is None and self.x is None:
-            return kernels.collect_dense, (g.reshape(-1)[back], w.reshape(-1)[back], alive.reshape(-1)[back]), w.size, reverse
-        if listed is None:
-            return kernels.collect_outer, (g[back], self.x.numpy()[back], w[back, back], alive[back, back]), w.size, reverse
-        alive, pos, wl = alive.reshape(-1), listed.pos.numpy()[back], listed.w.numpy()[back]
-        if self.x is None:
-            return kernels.collect_listed_dense, (g.reshape(-1), pos, wl, alive), pos.size, False
-        rows, cols = listed.rows.numpy()[back], listed.col.numpy()[back]
-        return kernels.collect_listed_outer, (g, self.x.numpy(), rows, cols, pos, wl, alive), pos.size, False
+        w, alive, g = self.w.numpy().reshape(-1), self.alive.numpy().reshape(-1).view(np.uint8), self.g.numpy()
+        lst, back = self.listed, slice(None, None, -1 if reverse else 1)
+        if lst is None and self.x is None:
+            return kernels.collect_dense, (g.reshape(-1)[back], w[back], alive[back]), w.size, reverse
+        if lst is None:
+            return kernels.collect_outer, (g[back], self.x.numpy()[back], w[back], alive[back]), w.size, reverse
+        wl = lst.w.numpy()[: lst.n][back]
+        if lst.width is None:
+            return kernels.collect_listed_dense, (g.reshape(-1), lst.pos.numpy()[: lst.n][back], wl, alive), lst.n, False
+        rowptr, cols = lst.rowptr.numpy(), lst.cols.numpy()[: lst.n]
+        if reverse:  # the same rows, last to first, each read from its end: positions count from the end
+            rowptr, cols = lst.n - rowptr[::-1], (lst.width - 1) - cols[::-1]
+        return kernels.collect_csr, (g[back], self.x.numpy()[back], rowptr, cols, wl, alive[back]), lst.n, reverse
 
     def collect(self, lo, hi, idx: np.ndarray, val: np.ndarray, limit: int | None = None, reverse: bool = False):
         """``(positions, scores, finite)`` of the alive weights scoring in ``[lo, hi)``, in order
@@ -541,11 +555,14 @@ class _Survivors:
         self.count = self.n
         self.layer_alive = list(self.sizes)
         self.lists: list[_AliveList | None] = [None] * len(names)
+        self.outer = [False] * len(names)  # scored by outer products (set by layer())
+        self._offsets = np.array(self.offsets, dtype=np.int64)
         self.idx = np.empty(_COLLECT, dtype=np.int64)
         self.val = np.empty(_COLLECT, dtype=self.flat.numpy().dtype)
 
     def layer(self, j: int, g: torch.Tensor, x: torch.Tensor | None = None) -> _LayerScores:
         """Layer ``j``'s scores this round, from its weight gradient (or output gradient and input)."""
+        self.outer[j] = x is not None
         return _LayerScores(g, self.weights[j], self.alive_views[j], x, self.lists[j])
 
     def _collect(self, sources, lo, hi):
@@ -580,7 +597,7 @@ class _Survivors:
             if listed is None:
                 pos = torch.arange(min(step // 2, size), size, step)
             else:
-                pos = listed.pos[step // 2 :: step].to(torch.int64)
+                pos = listed.positions(torch.arange(min(step // 2, listed.n), listed.n, step))
             pos = pos[alive.reshape(-1)[pos]]
             if pos.numel():
                 vals.append(src.at(pos))
@@ -654,23 +671,17 @@ class _Survivors:
         return drop
 
     def remove(self, drop: torch.Tensor) -> None:
-        self.flat.index_fill_(0, drop, 0.0)
+        removed = np.zeros(len(self.sizes), dtype=np.int64)
+        kernels.remove(drop.numpy(), self.flat.numpy(), self.alive.numpy(), self._offsets, removed)
         if self.device_flat is not self.flat:
             self.device_flat.index_fill_(0, drop.to(self.device_flat.device), 0.0)
-        self.alive.index_fill_(0, drop, False)
         self.count -= drop.numel()
-        if drop.numel() == 0:
-            return
-        starts = torch.tensor(self.offsets[1:-1], device=drop.device)
-        dropped = torch.bincount(torch.bucketize(drop, starts, right=True), minlength=len(self.sizes)).tolist()
-        for j, d in enumerate(dropped):
-            if d == 0:
-                continue
-            self.layer_alive[j] -= d
+        for j in np.flatnonzero(removed).tolist():
+            self.layer_alive[j] -= int(removed[j])
             if self.lists[j] is not None:
-                self.lists[j].shrink(self.alive_views[j], self.weights[j], self.layer_alive[j])
+                self.lists[j].shrink(self.alive_views[j], self.layer_alive[j])
             elif self.layer_alive[j] < _LIST_BELOW * self.sizes[j]:
-                self.lists[j] = _AliveList(self.alive_views[j], self.weights[j])
+                self.lists[j] = _AliveList(self.alive_views[j], self.weights[j], self.outer[j])
 
 
 class _LinearTaps:
