@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from lib import kernels
 from lib.files import save_torch
 from lib.models import prunable_layers
 from lib.progress import bar
@@ -434,6 +433,8 @@ class _AliveList:
         """Compact once ``live`` (alive in the layer) is under 2/3 of the list."""
         if 3 * live >= 2 * self.n:
             return
+        from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
+
         flags = alive.reshape(-1).numpy()
         if self.width is None:
             self.n = kernels.compact_listed(self.pos.numpy()[: self.n], self.w.numpy()[: self.n], flags)
@@ -478,6 +479,8 @@ class _LayerScores:
     def _call(self, reverse: bool):
         """The kernel for this layer, its arguments before ``(lo, hi, start, big, idx, val)``,
         how far it runs, and whether its positions count from the end (``reverse``)."""
+        from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
+
         w, alive, g = self.w.numpy().reshape(-1), self.alive.numpy().reshape(-1).view(np.uint8), self.g.numpy()
         lst, back = self.listed, slice(None, None, -1 if reverse else 1)
         if lst is None and self.x is None:
@@ -671,6 +674,8 @@ class _Survivors:
         return drop
 
     def remove(self, drop: torch.Tensor) -> None:
+        from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
+
         removed = np.zeros(len(self.sizes), dtype=np.int64)
         kernels.remove(drop.numpy(), self.flat.numpy(), self.alive.numpy(), self._offsets, removed)
         if self.device_flat is not self.flat:
