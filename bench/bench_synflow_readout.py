@@ -1,10 +1,10 @@
-"""SynFlow's log_softmax readout in float64 (ours) against float32 (the authors' code): per-layer densities.
+"""SynFlow scored in float64 against float32 (the authors' dtype, and lib.pruning's): per-layer densities.
 
 The authors' published SynFlow masks were scored with R = sum(log_softmax(f(1))) in float32
-(shared/spec/experiments.md). lib.pruning scores every readout in float64, because products
-of |w| along deep paths overflow float32 with R = sum(f(1)). This prints, per layer, the
-density of the two masks, their overlap, and whether the float32 scoring stayed finite, to
-decide whether float64 changes the masks. Full-size model, 100 rounds, one thread.
+(shared/spec/experiments.md). lib.pruning scores in float32 too, and in float64 only where
+float32 overflows (products of |w| along deep paths can). This prints, per layer, the density
+of the two masks, their overlap, and whether the float32 scoring stayed finite: what scoring
+in float64 would change. Full-size model, 100 rounds, one thread.
 
     .venv/bin/python bench/bench_synflow_readout.py --arch resnet34 --densities 0.01 0.1
 """
