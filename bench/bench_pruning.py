@@ -11,10 +11,13 @@ every time is the best of N runs.
 
     .venv/bin/python bench/bench_pruning.py --threads 1                  # every method, both archs
     .venv/bin/python bench/bench_pruning.py --threads 1 --methods SynFlow --repeats 2
+    .venv/bin/python bench/bench_pruning.py --threads 1 --methods SynFlow --archs vgg16 --profile
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import time
 
 import torch
@@ -67,12 +70,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=1, help="report the best of this many runs of everything")
+    ap.add_argument("--profile", action="store_true", help="instead: a cProfile of each method's prune (no yardstick)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     batch = (torch.randn(32, 3, 32, 32, generator=gen), torch.randint(0, 10, (32,), generator=gen))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, density {args.density}, rounds {args.rounds}")
+    if args.profile:
+        for arch in args.archs:
+            for method in args.methods:
+                options = {"rounds": args.rounds, "progress": False} if method in ("SynFlow", "iterSNIP") else {}
+                model = build_model(arch, seed=1).to(args.device)
+                profile = cProfile.Profile()
+                profile.runcall(prune, model, method, args.density, batches=[batch], seed=1, **options)
+                print(f"\n{method} {arch}: the 25 calls with the most time of their own")
+                pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        return
     print(f"{'method':<12} {'arch':<9} {'seconds':>8} {'cpu s':>8} {'x plain':>8}  kept / N", flush=True)
     for arch in args.archs:
         before = best([plain_passes(arch, args.passes, args.device) for _ in range(args.repeats)])

@@ -16,7 +16,8 @@ band, from ``start`` on, in order; it stops early when the buffers are full (``n
 says where to go on; it equals the loop's length when done); ``ok`` is False if any score
 seen, alive or not, was above ``big`` or NaN (the caller then checks the alive ones). The
 rare branches (a hit, a score out of range) are the only ones: cheaper here than branch-free
-stores. Single-threaded, releasing the GIL; compiled code is cached beside this file
+stores. The four loops repeat that body instead of sharing an inlined helper, which measured
+slower on this CPU (bench/bench_pruning.py --methods SynFlow). Single-threaded, releasing the GIL; compiled code is cached beside this file
 (numba's ``cache=True``).
 """
 from __future__ import annotations
