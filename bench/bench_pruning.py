@@ -41,6 +41,11 @@ def best(runs: list[tuple]) -> tuple:
     return min(runs, key=lambda run: run[0])
 
 
+def method_options(method: str, rounds: int) -> dict:
+    """``prune``'s options for ``method``: the iterative ones get ``rounds`` and no progress bar."""
+    return {"rounds": rounds, "progress": False} if method in ("SynFlow", "iterSNIP") else {}
+
+
 def plain_passes(arch: str, passes: int, device: str) -> tuple[float, float]:
     """(wall, CPU) seconds of ``passes`` forward+backward passes at batch 1."""
     model = build_model(arch, seed=1).to(device).eval()
@@ -80,7 +85,7 @@ def main() -> None:
     if args.profile:
         for arch in args.archs:
             for method in args.methods:
-                options = {"rounds": args.rounds, "progress": False} if method in ("SynFlow", "iterSNIP") else {}
+                options = method_options(method, args.rounds)
                 model = build_model(arch, seed=1).to(args.device)
                 profile = cProfile.Profile()
                 profile.runcall(prune, model, method, args.density, batches=[batch], seed=1, **options)
@@ -93,7 +98,7 @@ def main() -> None:
         print(f"{f'{args.passes} passes':<12} {arch:<9} {before[0]:8.1f} {before[1]:8.1f} {'':>8}  (yardstick, before)", flush=True)
         rows = []
         for method in args.methods:
-            options = {"rounds": args.rounds, "progress": False} if method in ("SynFlow", "iterSNIP") else {}
+            options = method_options(method, args.rounds)
             runs = []
             for _ in range(args.repeats):
                 model = build_model(arch, seed=1).to(args.device)
