@@ -304,6 +304,61 @@ def test_gram_is_exact_in_either_gemm(monkeypatch, dtype):
     assert got.dtype == torch.float64 and torch.equal(got, want)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (5, 64), (7, 65), (130, 70), (70, 130), (200, 1000), (1000, 200)])
+def test_bit_gram_is_the_exact_gram_of_the_smaller_side(shape):
+    """Popcounts of bit-packed rows or columns (widths off and on multiples of 64) give the
+    exact integers of the float64 Gram, with or without half of the rows on a helper."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = (torch.rand(*shape, generator=torch.Generator().manual_seed(sum(shape))) < 0.3).to(torch.int8)
+    side = x if shape[0] <= shape[1] else x.T
+    want = (side.to(torch.float64) @ side.to(torch.float64).T).numpy()
+    with ThreadPoolExecutor(1) as helper:
+        for dtype in (np.float64, np.float32):
+            assert np.array_equal(spectral._fast_gram(x, dtype=dtype), want)
+            assert np.array_equal(spectral._fast_gram(x, helper, dtype), want)
+    # the Lanczos operator on a float32 Gram: float64 sums, the same bits with a helper
+    g = spectral._fast_gram(x, dtype=np.float32)
+    v = torch.randn(g.shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    alone = spectral._RowHalves(g)(v)
+    np.testing.assert_allclose(alone.numpy(), want @ v.numpy(), rtol=1e-13, atol=1e-12)
+    with ThreadPoolExecutor(1) as helper:
+        assert torch.equal(spectral._RowHalves(g, helper)(v), alone)
+
+
+def test_compiled_products_match_float64():
+    """``B^T B v`` through the int8 matrix and through its CSR structure, halves or whole."""
+    from lib import spectral_kernels
+
+    g = torch.Generator().manual_seed(3)
+    for rows, cols, density in ((403, 257, 0.3), (1000, 300, 0.01), (3, 5, 0.5)):
+        b = (torch.rand(rows, cols, generator=g) < density).to(torch.int8)
+        v = torch.randn(cols, generator=g, dtype=torch.float64)
+        want = b.to(torch.float64).T @ (b.to(torch.float64) @ v)
+        dense, sparse = np.zeros(cols), np.zeros(cols)
+        spectral_kernels.gram_dense(b.numpy(), v.numpy(), dense)
+        spectral_kernels.gram_csr(*spectral_kernels.csr_from_dense(b.numpy()), v.numpy(), sparse)
+        np.testing.assert_allclose(dense, want.numpy(), rtol=1e-13, atol=1e-12)
+        np.testing.assert_allclose(sparse, want.numpy(), rtol=1e-13, atol=1e-12)
+        for is_sparse in (False, True):
+            got = spectral._GramOperator(b, int(b.sum()), sparse=is_sparse)(v)
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-13, atol=1e-12)
+
+
+def test_lapack_without_the_gil_gives_scipys_bits():
+    """The ctypes call of ``dsyevr`` is scipy's own call of it: the same two eigenvalues."""
+    from scipy.linalg import lapack
+
+    if spectral._openblas_threads_local() is None:
+        pytest.skip("scipy's LAPACK is not OpenBLAS here: torch's eigvalsh is used instead")
+    for n in (2, 3, 17, 120, 300):
+        x = (torch.rand(n, 2 * n, generator=torch.Generator().manual_seed(n)) < 0.2).to(torch.float64)
+        g = (x @ x.T).numpy()
+        w, _, found, _, info = lapack.dsyevr(g.copy(), compute_v=0, range="I", il=n - 1, iu=n)
+        assert info == 0 and found == 2
+        assert spectral._dsyevr_top2(g.copy()) == (float(w[1]), float(w[0]))
+
+
 # ------------------------------------------------------------------ fast solver vs the exact oracle
 # The fast solver must give the exact solver's s1 and s2 to 1e-9 relative (both give s2 = 0
 # exactly where B has rank one).
