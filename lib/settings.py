@@ -201,7 +201,10 @@ class Grid:
     def __post_init__(self):
         for f in dataclasses.fields(self):  # YAML and papermill hand over lists
             if f.type.startswith("tuple"):
-                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+                value = getattr(self, f.name)
+                # one value (--set archs=resnet34, densities=0.1) is a list of one, not of characters
+                value = (value,) if isinstance(value, (str, int, float)) else value
+                object.__setattr__(self, f.name, tuple(value))
         for arch in self.archs:
             _check_choice("architecture", arch, ARCHS)
         for method in self.methods:

@@ -53,6 +53,17 @@ def test_bad_values_are_one_line(capsys):
     assert "unknown profile 'nope'" in capsys.readouterr().err
 
 
+def test_one_value_for_a_list_parameter_is_a_list_of_one(capsys):
+    """``--set archs=resnet34`` (as the README's GPU recipe writes it) means ``[resnet34]``,
+    not the characters of the name."""
+    args = ["estimate", "--profile", "paper", "--throughput", "resnet34=1000"]
+    assert cli.main(args + ["--set", "archs=resnet34", "densities=0.1"]) == 0
+    one = capsys.readouterr().out
+    assert cli.main(args + ["--set", "archs=[resnet34]", "densities=[0.1]"]) == 0
+    assert capsys.readouterr().out == one
+    assert "vgg16" not in one and "whole grid: 3 jobs, 30 training runs" in one  # one job per seed
+
+
 def test_python_m_lib_workbook_still_works():
     import subprocess
     import sys
