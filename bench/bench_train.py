@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lib import data as D  # noqa: E402
 from lib import train as T  # noqa: E402
 from lib.files import write_table  # noqa: E402
+from lib.pruning import overall_density  # noqa: E402
 from lib.settings import TrainSettings  # noqa: E402
 
 
@@ -127,7 +128,7 @@ def bench_arch(arch: str, args, device: torch.device) -> dict:
     dense = sum(m.weight_orig.numel() for m in masked.modules() if hasattr(m, "weight_orig"))
     return {
         "arch": arch, "width": args.width, "batch": args.batch, "device": str(device),
-        "masks": how, "density": round(T.mask_density(masked), 4), "masked_weights": dense,
+        "masks": how, "density": round(overall_density(T.applied_masks(masked)), 4), "masked_weights": dense,
         "timed_steps": args.steps,
         "bare_img_s": round(ips["bare"], 1),
         "workbook_img_s": round(ips["workbook"], 1),
