@@ -269,8 +269,8 @@ def _dsyevr():
     """LAPACK's ``dsyevr`` from scipy's OpenBLAS, called through ctypes, or None.
 
     scipy's own wrapper holds the GIL for the whole eigensolve, so the fast solver's worker
-    threads took turns on the IMDB classes' eigenproblems (measured: two threads ran 200 of
-    them 1.04 times as fast as one). A ctypes call releases the GIL; the routine and its
+    threads took turns on the IMDB classes' eigenproblems (two ran them no faster than one).
+    A ctypes call releases the GIL; the routine and its
     arguments are scipy's, so the eigenvalues are the same bits.
     """
     import ctypes
@@ -439,7 +439,7 @@ def _top2_eigenvalues(apply: Callable, n: int) -> tuple[float, float]:
 
 
 def _dense_partial(b: np.ndarray, v: torch.Tensor) -> torch.Tensor:
-    """``B^T B v`` for a C-ordered 0/1 ``B`` (int8 or float32) in one compiled pass over it."""
+    """``B^T B v`` for a C-ordered int8 0/1 ``B`` in one compiled pass over it."""
     from . import spectral_kernels  # numba's import (~0.3 s) only where a Lanczos route runs
 
     out = np.zeros(b.shape[1])
@@ -497,16 +497,15 @@ class _RowHalves:
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         from . import spectral_kernels
 
-        first, second = self.halves
+        (first, second), v = self.halves, v.numpy()
         out = np.empty(first.shape[0] + second.shape[0])
-        v = v.numpy()
-        later = None
+        top, bottom = out[: first.shape[0]], out[first.shape[0]:]
         if self.helper is None:
-            spectral_kernels.matvec(second, v, out[first.shape[0]:])
+            spectral_kernels.matvec(first, v, top)
+            spectral_kernels.matvec(second, v, bottom)
         else:
-            later = self.helper.submit(spectral_kernels.matvec, second, v, out[first.shape[0]:])
-        spectral_kernels.matvec(first, v, out[: first.shape[0]])
-        if later is not None:
+            later = self.helper.submit(spectral_kernels.matvec, second, v, bottom)
+            spectral_kernels.matvec(first, v, top)
             later.result()
         return torch.from_numpy(out)
 
