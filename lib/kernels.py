@@ -8,17 +8,22 @@ read and keep the few that qualify, in one pass. They compute a score exactly as
 (``|g| * w``; ``(g_i * x_j) * w_ij`` for a Linear layer at batch 1), so the selection is
 bit-identical to one over torch-computed scores.
 
-Each ``collect_*`` loop takes the band ``lo <= score < hi`` (``lo = -inf`` for "below
-``hi``"; ``[v, nextafter(v))`` for "equal to ``v``"), a start, ``big`` (the dtype's largest
-finite value) and two output buffers. It returns ``(count, next start, ok)``: the first
-``count`` entries of ``idx``/``val`` are the positions and scores of the alive weights in the
-band, from ``start`` on, in order; it stops early when the buffers are full (``next start``
-says where to go on; it equals the loop's length when done); ``ok`` is False if any score
-seen, alive or not, was above ``big`` or NaN (the caller then checks the alive ones). The
-rare branches (a hit, a score out of range) are the only ones: cheaper here than branch-free
-stores. The four loops repeat that body instead of sharing an inlined helper, which measured
-slower on this CPU (bench/bench_pruning.py --methods SynFlow). Single-threaded, releasing the GIL; compiled code is cached beside this file
-(numba's ``cache=True``).
+* ``scan_*`` (the round's main pass): the alive weights scoring in a band ``lo <= score < hi``
+  (``lo = -inf`` for "below ``hi``"; ``[v, nextafter(v))`` for "equal to ``v``"), a block of
+  flags at a time without branches, then the hits; ``scan_grouped`` for a Linear layer whose
+  input repeats over runs of columns (VGG-16's classifier), through each run's sorted weights.
+* ``collect_*``: the same band one score at a time, from the end too (reversed arrays), and at
+  most as many as asked: the latest of a large tie at the threshold.
+* ``sample_*`` (the bracket's strided sample), ``remove_*``, ``compact_*`` (lists of alive
+  weights), ``write_*`` (every score, for :func:`lib.pruning.score`).
+
+The scans and collects take ``big`` (the dtype's largest finite value) and report ``ok``: False
+if any score seen was above ``big`` or NaN (the caller then checks the alive ones). They append
+to output buffers and return ``(count, next start, ok)``, stopping early when the buffers are
+full (``next start`` says where to go on; it equals the loop's length when done). The four
+``collect_*`` loops repeat their body instead of sharing an inlined helper, which measured
+slower on this CPU. Single-threaded, releasing the GIL; compiled code is cached beside this
+file (numba's ``cache=True``).
 """
 from __future__ import annotations
 
@@ -26,8 +31,10 @@ import numba
 import numpy as np
 
 __all__ = [
+    "scan_dense", "scan_outer", "scan_listed", "scan_csr", "scan_grouped",
     "collect_dense", "collect_outer", "collect_listed_dense", "collect_csr",
-    "compact_listed", "compact_csr", "remove",
+    "sample_dense", "sample_outer", "sample_listed", "sample_csr",
+    "remove_at", "remove_grouped", "compact_listed", "compact_csr", "write_dense", "write_outer",
 ]
 
 
@@ -158,11 +165,338 @@ def compact_csr(rowptr, cols, wl, alive, width):
     return n
 
 
+# --------------------------------------------------------------------------------------------
+# Block scans: the band's alive scores, flags computed branch-free a block at a time
+# --------------------------------------------------------------------------------------------
+#
+# The loops above branch per score and run at ~3 ns a weight. These compute a block's flags
+# (alive and in the band) without a branch, which LLVM vectorises (~0.6 ns a weight, near the
+# memory's pace), and then collect from the 8-flag words that hold a hit: at SynFlow's ~3% of
+# hits a scan costs ~1 ns a weight. Each ``scan_*`` appends to ``idx``/``val`` from ``c`` on
+# and returns ``(c, next start, ok)`` like the ``collect_*`` loops, but stops when fewer than
+# ``BLOCK`` (or a group) entries of room are left, so the caller grows the buffers and goes on.
+
+BLOCK = 512  # flags computed before any is collected (a multiple of 8: read as 64-bit words)
+
+
 @numba.njit(nogil=True, cache=True)
-def remove(drop, flat, alive, offsets, removed):
-    """Zero the weights at flat positions ``drop``, clear their alive flags, and add to
-    ``removed[j]`` how many fell in layer ``j`` (layer ``j`` spans ``offsets[j]:offsets[j + 1]``)."""
+def _flag_dense(g, w, alive, lo, hi, big, flags):
+    bad = np.uint8(0)
+    for k in range(w.size):
+        s = abs(g[k]) * w[k]
+        bad |= np.uint8(not (s <= big))
+        flags[k] = np.uint8(alive[k] != 0) & np.uint8(lo <= s) & np.uint8(s < hi)
+    return bad
+
+
+@numba.njit(nogil=True, cache=True)
+def _flag_outer(gi, x, w, alive, lo, hi, big, flags):
+    bad = np.uint8(0)
+    for k in range(w.size):
+        s = (gi * x[k]) * w[k]
+        bad |= np.uint8(not (s <= big))
+        flags[k] = np.uint8(alive[k] != 0) & np.uint8(lo <= s) & np.uint8(s < hi)
+    return bad
+
+
+@numba.njit(nogil=True, cache=True)
+def _flag_listed(g, pos, wl, alive, lo, hi, big, flags):
+    bad = np.uint8(0)
+    for k in range(wl.size):
+        p = pos[k]
+        s = abs(g[p]) * wl[k]
+        bad |= np.uint8(not (s <= big))
+        flags[k] = np.uint8(alive[p] != 0) & np.uint8(lo <= s) & np.uint8(s < hi)
+    return bad
+
+
+@numba.njit(nogil=True, cache=True)
+def _flag_csr(gi, x, cols, wl, alive, lo, hi, big, flags):
+    bad = np.uint8(0)
+    for k in range(wl.size):
+        j = cols[k]
+        s = (gi * x[j]) * wl[k]
+        bad |= np.uint8(not (s <= big))
+        flags[k] = np.uint8(alive[j] != 0) & np.uint8(lo <= s) & np.uint8(s < hi)
+    return bad
+
+
+@numba.njit(nogil=True, cache=True)
+def _flagged(flags, nb, idx, c):
+    """Append the block offsets ``k < nb`` whose flag is set to ``idx`` from ``c``; the new ``c``.
+    Words without a hit are skipped; within a word the stores are unconditional."""
+    for k in range(nb, flags.size):  # a short last block: stale flags past its end
+        flags[k] = 0
+    words = flags.view(np.uint64)
+    for q in range((nb + 7) // 8):
+        if words[q] != 0:
+            for k in range(8 * q, 8 * q + 8):
+                idx[c] = k
+                c += flags[k]
+    return c
+
+
+@numba.njit(nogil=True, cache=True)
+def scan_dense(g, w, alive, lo, hi, big, start, idx, val, c):
+    """:func:`collect_dense` by blocks: flat positions from ``start``."""
+    n = w.size
+    flags = np.zeros(BLOCK, np.uint8)
+    bad = np.uint8(0)
+    b = start
+    while b < n and idx.size - c >= BLOCK:
+        e = min(b + BLOCK, n)
+        bad |= _flag_dense(g[b:e], w[b:e], alive[b:e], lo, hi, big, flags)
+        c0 = c
+        c = _flagged(flags, e - b, idx, c)
+        for t in range(c0, c):
+            p = b + idx[t]
+            idx[t] = p
+            val[t] = abs(g[p]) * w[p]
+        b = e
+    return c, b, bad == 0
+
+
+@numba.njit(nogil=True, cache=True)
+def scan_outer(g, x, w, alive, lo, hi, big, start, idx, val, c):
+    """:func:`collect_outer` by blocks of a row: flat positions from ``start``."""
+    cols = x.size
+    flags = np.zeros(BLOCK, np.uint8)
+    bad = np.uint8(0)
+    p = start
+    while p < w.size and idx.size - c >= BLOCK:
+        i = p // cols
+        base = i * cols
+        j = p - base
+        e = min(j + BLOCK, cols)
+        gi = g[i]
+        bad |= _flag_outer(gi, x[j:e], w[base + j : base + e], alive[base + j : base + e], lo, hi, big, flags)
+        c0 = c
+        c = _flagged(flags, e - j, idx, c)
+        for t in range(c0, c):
+            q = j + idx[t]
+            idx[t] = base + q
+            val[t] = (gi * x[q]) * w[base + q]
+        p = base + e
+    return c, p, bad == 0
+
+
+@numba.njit(nogil=True, cache=True)
+def scan_listed(g, pos, wl, alive, lo, hi, big, start, idx, val, c):
+    """:func:`collect_listed_dense` by blocks: ``start`` counts list entries."""
+    n = wl.size
+    flags = np.zeros(BLOCK, np.uint8)
+    bad = np.uint8(0)
+    b = start
+    while b < n and idx.size - c >= BLOCK:
+        e = min(b + BLOCK, n)
+        bad |= _flag_listed(g, pos[b:e], wl[b:e], alive, lo, hi, big, flags)
+        c0 = c
+        c = _flagged(flags, e - b, idx, c)
+        for t in range(c0, c):
+            k = b + idx[t]
+            idx[t] = pos[k]
+            val[t] = abs(g[pos[k]]) * wl[k]
+        b = e
+    return c, b, bad == 0
+
+
+@numba.njit(nogil=True, cache=True)
+def scan_csr(g, x, rowptr, cols, wl, alive, lo, hi, big, start, idx, val, c):
+    """:func:`collect_csr` by blocks of a row: ``start`` counts entries."""
+    n, width = rowptr[-1], x.size
+    flags = np.zeros(BLOCK, np.uint8)
+    bad = np.uint8(0)
+    i = np.searchsorted(rowptr, start, side="right") - 1
+    k = start
+    while k < n and idx.size - c >= BLOCK:
+        while rowptr[i + 1] <= k:  # rows with no entry left
+            i += 1
+        e = min(k + BLOCK, rowptr[i + 1])
+        gi = g[i]
+        base = i * width
+        bad |= _flag_csr(gi, x, cols[k:e], wl[k:e], alive[base : base + width], lo, hi, big, flags)
+        c0 = c
+        c = _flagged(flags, e - k, idx, c)
+        for t in range(c0, c):
+            q = k + idx[t]
+            idx[t] = base + cols[q]
+            val[t] = (gi * x[cols[q]]) * wl[q]
+        k = e
+    return c, k, bad == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Grouped Linear layers: columns in runs of equal input, each run's weights kept sorted
+# --------------------------------------------------------------------------------------------
+#
+# VGG-16's classifier reads a 512x1x1 feature map average-pooled to 7x7: its input is 512
+# values, each repeated over 49 consecutive columns. Within such a run (a "group": row i,
+# columns of one value x_c) every score is fl(fl(g_i x_c) w) with one multiplier, so the
+# scores rise with w. Each group keeps its weights' order by w (``perm``: offsets in the
+# group), the first alive one (``first``) and its value (``wfirst``): a scan reads one float
+# per group, and walks a group only while its scores are in the band. Groups are contiguous:
+# group b holds flat positions ``b * size ... b * size + size - 1``.
+
+
+@numba.njit(nogil=True, cache=True)
+def group_order(w, size, perm, wfirst):
+    """Sort each group of float32 ``w`` (flat, groups of ``size`` <= 256) by value: ``perm`` the
+    offsets in order, ``wfirst`` each group's smallest value. Ties in any fixed order (the scan
+    does not depend on it). Sorted as integers: ``w >= 0``, so its bits order as its values."""
+    keys = np.empty(size, np.uint64)
+    bits = w.view(np.uint32)
+    for b in range(w.size // size):
+        base = b * size
+        for k in range(size):
+            keys[k] = (np.uint64(bits[base + k]) << np.uint64(16)) | np.uint64(k)
+        keys.sort()
+        for k in range(size):
+            perm[base + k] = keys[k] & np.uint64(0xFFFF)
+        wfirst[b] = w[base + perm[base]]
+
+
+@numba.njit(nogil=True, cache=True)
+def group_order_any(w, size, perm, wfirst):
+    """:func:`group_order` for any float dtype (float64: SynFlow's fallback), by ``argsort``."""
+    for b in range(w.size // size):
+        base = b * size
+        order = np.argsort(w[base : base + size], kind="mergesort")
+        for k in range(size):
+            perm[base + k] = order[k]
+        wfirst[b] = w[base + perm[base]]
+
+
+@numba.njit(nogil=True, cache=True)
+def scan_grouped(g, xg, wmax, ws, perm, first, wfirst, size, lo, hi, big, start, idx, aux, val, c):
+    """The alive scores in the band of a grouped Linear layer; ``start`` counts groups.
+
+    ``g``: the output gradient; ``xg``: one input value per group of a row; ``wmax``: each
+    row's largest initial weight (for the range check); ``ws``: each group's weights sorted,
+    removed ones NaN; ``perm``: their offsets in the group. ``idx`` gets layer positions and
+    ``aux`` their index in ``ws``; group by group (ascending between groups, by score within).
+
+    A group's ``first``/``wfirst`` move past removed weights when the group is next walked.
+    Until then ``wfirst`` is a removed weight's value, no larger than the alive ones, so a
+    group is never skipped wrongly."""
+    per_row = xg.size
+    xmax = np.float32(0.0)
+    bad = np.uint8(0)
+    for q in range(per_row):
+        bad |= np.uint8(not (xg[q] <= big))
+        xmax = max(xmax, xg[q])
+    b = start
+    nblocks = first.size
+    while b < nblocks and idx.size - c >= size:
+        i = b // per_row
+        gi = g[i]
+        if b % per_row == 0:  # every score of the row is at most this
+            bad |= np.uint8(not ((gi * xmax) * wmax[i] <= big))
+        row_end = min((i + 1) * per_row, nblocks)
+        while b < row_end and idx.size - c >= size:
+            m = gi * xg[b - i * per_row]
+            if m * wfirst[b] < hi:  # NaN (0 * inf for an emptied group) skips
+                base = b * size
+                end = base + size
+                k = base + np.int64(first[b])
+                while k < end and ws[k] != ws[k]:  # removed
+                    k += 1
+                first[b] = k - base
+                wfirst[b] = ws[k] if k < end else np.inf
+                while k < end:
+                    s = m * ws[k]
+                    if s >= hi:
+                        break
+                    if lo <= s:  # NaN: removed
+                        idx[c] = base + perm[k]
+                        aux[c] = k
+                        val[c] = s
+                        c += 1
+                    k += 1
+            b += 1
+    return c, b, bad == 0
+
+
+@numba.njit(nogil=True, cache=True)
+def remove_grouped(drop, sorted_index, w, alive, ws):
+    """:func:`remove_at` for a grouped layer, also marking the weights removed in ``ws``."""
+    for t in range(drop.size):
+        w[drop[t]] = 0
+        alive[drop[t]] = False
+        ws[sorted_index[t]] = np.nan
+
+
+# --------------------------------------------------------------------------------------------
+# Samples and removal
+# --------------------------------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True)
+def sample_dense(g, w, alive, first, step, out, c):
+    """Append the alive scores at flat positions ``first, first + step, ...`` to ``out``."""
+    for p in range(first, w.size, step):
+        if alive[p]:
+            out[c] = abs(g[p]) * w[p]
+            c += 1
+    return c
+
+
+@numba.njit(nogil=True, cache=True)
+def sample_outer(g, x, w, alive, first, step, out, c):
+    """:func:`sample_dense` for a Linear layer scored by outer products."""
+    cols = x.size
+    for p in range(first, w.size, step):
+        if alive[p]:
+            i = p // cols
+            out[c] = (g[i] * x[p - i * cols]) * w[p]
+            c += 1
+    return c
+
+
+@numba.njit(nogil=True, cache=True)
+def sample_listed(g, pos, wl, alive, first, step, out, c):
+    """:func:`sample_dense` over list entries ``first, first + step, ...``."""
+    for k in range(first, wl.size, step):
+        if alive[pos[k]]:
+            out[c] = abs(g[pos[k]]) * wl[k]
+            c += 1
+    return c
+
+
+@numba.njit(nogil=True, cache=True)
+def sample_csr(g, x, rowptr, cols, wl, alive, first, step, out, c):
+    """:func:`sample_outer` over compressed-row entries ``first, first + step, ...``."""
+    width = x.size
+    i = 0
+    for k in range(first, wl.size, step):
+        while rowptr[i + 1] <= k:
+            i += 1
+        if alive[i * width + cols[k]]:
+            out[c] = (g[i] * x[cols[k]]) * wl[k]
+            c += 1
+    return c
+
+
+@numba.njit(nogil=True, cache=True)
+def remove_at(drop, w, alive):
+    """Zero the weights at positions ``drop`` and clear their alive flags."""
     for p in drop:
-        flat[p] = 0
+        w[p] = 0
         alive[p] = False
-        removed[np.searchsorted(offsets, p, side="right") - 1] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def write_dense(g, w, alive, out):
+    """Every score ``|g| * w`` into ``out``, ``-inf`` where the weight was removed (all flat)."""
+    for p in range(w.size):
+        out[p] = abs(g[p]) * w[p] if alive[p] else -np.inf
+
+
+@numba.njit(nogil=True, cache=True)
+def write_outer(g, x, w, alive, out):
+    """:func:`write_dense` for a Linear layer scored by outer products."""
+    cols = x.size
+    for i in range(g.size):
+        gi = g[i]
+        base = i * cols
+        for j in range(cols):
+            out[base + j] = (gi * x[j]) * w[base + j] if alive[base + j] else -np.inf

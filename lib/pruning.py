@@ -25,6 +25,7 @@ Scoring never changes the model: it runs in eval mode on copies of the dense ini
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import pickle
 import warnings
@@ -70,10 +71,12 @@ __all__ = [
 
 SYNFLOW_READOUTS = ("sum", "log_softmax")  # R = sum(f(1)) (the SynFlow paper), sum(log_softmax(f(1))) (published masks)
 _SAMPLE = 100_000  # values sampled to bracket the global threshold on large models (sorting 1M cost more than the band saved)
+_ROUND_SAMPLE = 30_000  # SynFlow's per-round sample: each value is a cache miss, and a wider band costs less than more misses
 _SIGMAS = 6.0  # a sampled bracket lies this many standard deviations of a sample rank from its target
 _CHUNK = 1 << 22
 _COLLECT = 1 << 18  # scores collected per call of a lib.kernels loop (3 MB of buffers in float64)
 _LIST_BELOW = 0.35  # a layer less alive than this is scanned through a list of its alive weights
+_GROUPED_FROM = 1 << 16  # a Linear layer this large whose input repeats over runs of columns is scanned by runs
 
 
 class LayerCollapseWarning(UserWarning):
@@ -198,6 +201,10 @@ def _top_k_flags(flat: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones(n, dtype=torch.bool, device=flat.device)
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=flat.device)
+    keep = flat > -math.inf
+    if int(keep.count_nonzero()) == k:  # exactly k above -inf (SynFlow's last round): no ranking
+        return keep
+    del keep
     if n > 4 * _SAMPLE:
         keep = _top_k_bracketed(flat, k)
         if keep is not None:
@@ -288,14 +295,15 @@ def _scoring_view(model: nn.Module):
             m.training = mode
 
 
-def _tensors(model: nn.Module, dtype: torch.dtype, absolute: bool = False) -> dict[str, torch.Tensor]:
-    """Detached parameters and buffers of ``model`` by name, floats cast to ``dtype``."""
+def _tensors(model: nn.Module, dtype: torch.dtype, absolute: bool = False, raw=()) -> dict[str, torch.Tensor]:
+    """Detached parameters and buffers of ``model`` by name, floats cast to ``dtype``
+    (``absolute``: and replaced by their absolute values, except those named in ``raw``)."""
     out = {}
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         t = t.detach()
         if t.is_floating_point():
             t = t.to(dtype)
-            if absolute:
+            if absolute and name not in raw:
                 t = t.abs()
         out[name] = t
     return out
@@ -449,17 +457,90 @@ class _AliveList:
         return rows * self.width + self.cols[entries]
 
 
+class _Groups:
+    """A Linear layer whose input repeats over runs of ``size`` columns, its weights sorted per
+    run (see :func:`lib.kernels.scan_grouped`): a scan reads one value per run, then walks the
+    sorted run only while its scores are in the band, instead of reading ``size`` scores.
+
+    VGG-16's classifier reads a 512x1x1 feature map average-pooled to 7x7, so its 25088 inputs
+    are 512 values repeated 49 times: its 103M scores are scanned as 2M sorted runs. The sorted
+    copy costs 5 bytes a weight.
+    """
+
+    def __init__(self, w: torch.Tensor, size: int):
+        rows = w.reshape(-1, size).numpy()
+        self.size = size
+        self.ws = np.empty(rows.shape, dtype=rows.dtype)  # each run's weights, ascending (removed: NaN)
+        self.perm = np.empty(rows.shape, dtype=np.uint8)  # their offsets in the run
+        offsets = np.arange(size, dtype=np.uint64)
+        for r in range(0, rows.shape[0], 1 << 16):  # in chunks: the keys take 8 bytes a weight
+            block, out = rows[r : r + (1 << 16)], slice(r, r + (1 << 16))
+            if block.dtype == np.float32:  # w >= 0 orders as its bits: sort integer keys (4x argsort's pace)
+                keys = (block.view(np.uint32).astype(np.uint64) << np.uint64(16)) | offsets
+                keys.sort(axis=1)
+                self.perm[out] = keys & np.uint64(0xFFFF)
+                self.ws[out] = (keys >> np.uint64(16)).astype(np.uint32).view(np.float32)
+            else:
+                order = block.argsort(axis=1, kind="stable")
+                self.perm[out] = order
+                self.ws[out] = np.take_along_axis(block, order, 1)
+        self.ws, self.perm = self.ws.reshape(-1), self.perm.reshape(-1)
+        self.first = np.zeros(rows.shape[0], dtype=np.uint8)
+        self.wfirst = self.ws[::size].copy()
+        self.wmax = w.amax(1).numpy()  # a row's largest initial weight bounds its scores (range check)
+
+    @staticmethod
+    def run_length(x: np.ndarray) -> int:
+        """The largest ``G`` such that ``x`` is made of runs of ``G`` equal values (1: none)."""
+        edges = np.flatnonzero(x[1:] != x[:-1]) + 1
+        return int(np.gcd.reduce(np.diff(np.concatenate(([0], edges, [x.size])))))
+
+    def locate(self, positions: np.ndarray) -> np.ndarray:
+        """The index in ``ws`` of the weights at layer ``positions``."""
+        base = positions - positions % self.size
+        runs = self.perm.reshape(-1, self.size)[base // self.size]
+        return base + np.argmax(runs == (positions - base)[:, None], axis=1)
+
+    def values(self, x: np.ndarray) -> np.ndarray | None:
+        """One input value per run, or None if ``x`` no longer repeats over every run."""
+        xg = x[:: self.size]
+        return xg if bool((x.reshape(-1, self.size) == xg[:, None]).all()) else None
+
+
+class _Band:
+    """The positions (in their layer) and scores one round's scans collected, with room to grow."""
+
+    def __init__(self, dtype):
+        self.idx = np.empty(_COLLECT, dtype=np.int64)
+        self.aux = np.empty(_COLLECT, dtype=np.int64)  # a grouped layer's entries: their index in the sorted runs
+        self.val = np.empty(_COLLECT, dtype=dtype)
+        self.c = 0
+
+    def grow(self) -> None:
+        for name in ("idx", "aux", "val"):
+            old = getattr(self, name)
+            new = np.empty(2 * old.size, dtype=old.dtype)
+            new[: self.c] = old[: self.c]
+            setattr(self, name, new)
+
+
 class _LayerScores:
     """One layer's SynFlow scores in a round, computed where they are read (:mod:`lib.kernels`).
 
     ``g`` is the layer's weight gradient (``w``'s shape), or for a Linear layer at batch 1 the
     output gradient ``|g|`` (``out``), with ``x`` its input ``|x|`` (``in``): the scores are then
     ``(g_i x_j) w_ij``, rounded exactly as autograd's gradient times ``w`` (``>= 0``) is, never
-    materialised. ``listed``: the layer's :class:`_AliveList`, if it has one.
+    materialised. ``listed``: the layer's :class:`_AliveList`, if it has one; ``groups``: its
+    :class:`_Groups`, if it has them (used while ``x`` still repeats over them).
     """
 
-    def __init__(self, g: torch.Tensor, w: torch.Tensor, alive: torch.Tensor, x: torch.Tensor | None = None, listed=None):
-        self.g, self.w, self.alive, self.x, self.listed = g, w, alive, x, listed
+    def __init__(self, g, w, alive, x=None, listed=None, groups=None):
+        self.g, self.w, self.alive, self.x, self.listed, self.groups = g, w, alive, x, listed, groups
+        self.xg = None if groups is None else groups.values(x.numpy())
+
+    @property
+    def grouped(self) -> bool:
+        return self.xg is not None
 
     def at(self, idx: torch.Tensor) -> torch.Tensor:
         """Scores at flat positions ``idx`` of the layer."""
@@ -470,55 +551,116 @@ class _LayerScores:
         return (self.g[rows] * self.x[idx - rows * self.w.shape[1]]).mul_(w)
 
     def write(self, out: torch.Tensor) -> None:
-        """All scores (removed weights included) into ``out``, of ``w``'s shape."""
-        if self.x is None:
-            torch.mul(self.g.abs(), self.w, out=out)
-        else:
-            torch.mul(self.g[:, None], self.x[None, :], out=out).mul_(self.w)
-
-    def _call(self, reverse: bool):
-        """The kernel for this layer, its arguments before ``(lo, hi, start, big, idx, val)``,
-        how far it runs, and whether its positions count from the end (``reverse``)."""
+        """Every score into ``out`` (of ``w``'s shape), ``-inf`` where the weight was removed."""
         from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
 
-        w, alive, g = self.w.numpy().reshape(-1), self.alive.numpy().reshape(-1).view(np.uint8), self.g.numpy()
-        lst, back = self.listed, slice(None, None, -1 if reverse else 1)
-        if lst is None and self.x is None:
-            return kernels.collect_dense, (g.reshape(-1)[back], w[back], alive[back]), w.size, reverse
+        w, alive, g, x = self._arrays
+        if x is None:
+            kernels.write_dense(g, w, alive, out.numpy().reshape(-1))
+        else:
+            kernels.write_outer(g, x, w, alive, out.numpy().reshape(-1))
+
+    @functools.cached_property
+    def _arrays(self):
+        """(w, alive as uint8, g, x) as flat numpy arrays (``x`` None for a dense layer)."""
+        x = None if self.x is None else self.x.numpy()
+        g = self.g.numpy() if self.x is not None else self.g.numpy().reshape(-1)
+        return self.w.numpy().reshape(-1), self.alive.numpy().reshape(-1).view(np.uint8), g, x
+
+    def scan(self, lo: float, hi: float, band: _Band) -> bool:
+        """Append the alive weights scoring in ``[lo, hi)`` to ``band`` (in position order, except
+        within a run of a grouped layer); whether every alive score is finite."""
+        from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
+
+        w, alive, g, x = self._arrays
+        lst = self.listed
+        if self.grouped:
+            gr = self.groups
+            t = band.val.dtype.type
+            lo, hi, big = t(lo), t(hi), t(np.finfo(t).max)
+            start, ok = 0, True
+            while True:
+                band.c, start, seen_ok = kernels.scan_grouped(
+                    g, self.xg, gr.wmax, gr.ws, gr.perm, gr.first, gr.wfirst, gr.size,
+                    lo, hi, big, start, band.idx, band.aux, band.val, band.c)
+                ok &= bool(seen_ok)
+                if start >= gr.first.size:
+                    return ok or self._alive_finite()
+                band.grow()
+        if lst is None and x is None:
+            kernel, args, n = kernels.scan_dense, (g, w, alive), w.size
+        elif lst is None:
+            kernel, args, n = kernels.scan_outer, (g, x, w, alive), w.size
+        elif lst.width is None:
+            kernel, args, n = kernels.scan_listed, (g, lst.pos.numpy()[: lst.n], lst.w.numpy()[: lst.n], alive), lst.n
+        else:
+            args = (g, x, lst.rowptr.numpy(), lst.cols.numpy()[: lst.n], lst.w.numpy()[: lst.n], alive)
+            kernel, n = kernels.scan_csr, lst.n
+        t = band.val.dtype.type
+        lo, hi, big = t(lo), t(hi), t(np.finfo(t).max)  # compared in the scores' dtype: faster, and exact
+        start, ok = 0, True
+        while True:
+            band.c, start, seen_ok = kernel(*args, lo, hi, big, start, band.idx, band.val, band.c)
+            ok &= bool(seen_ok)
+            if start >= n:
+                return ok or self._alive_finite()
+            band.grow()
+
+    def sample(self, first: int, step: int, out: np.ndarray, c: int) -> int:
+        """Append the alive scores at every ``step``-th position from ``first`` (of the layer, or
+        of its list) to ``out`` from ``c``; the new count."""
+        from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
+
+        w, alive, g, x = self._arrays
+        lst = self.listed
+        if lst is None and x is None:
+            return kernels.sample_dense(g, w, alive, first, step, out, c)
         if lst is None:
-            return kernels.collect_outer, (g[back], self.x.numpy()[back], w[back], alive[back]), w.size, reverse
+            return kernels.sample_outer(g, x, w, alive, first, step, out, c)
+        wl = lst.w.numpy()[: lst.n]
+        if lst.width is None:
+            return kernels.sample_listed(g, lst.pos.numpy()[: lst.n], wl, alive, first, step, out, c)
+        return kernels.sample_csr(g, x, lst.rowptr.numpy(), lst.cols.numpy()[: lst.n], wl, alive, first, step, out, c)
+
+    def _call(self, reverse: bool):
+        """The :func:`collect` kernel for this layer, its arguments before ``(lo, hi, start, big,
+        idx, val)``, how far it runs, and whether its positions count from the end (``reverse``)."""
+        from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
+
+        w, alive, g, x = self._arrays
+        lst, back = self.listed, slice(None, None, -1 if reverse else 1)
+        if lst is None and x is None:
+            return kernels.collect_dense, (g[back], w[back], alive[back]), w.size, reverse
+        if lst is None:
+            return kernels.collect_outer, (g[back], x[back], w[back], alive[back]), w.size, reverse
         wl = lst.w.numpy()[: lst.n][back]
         if lst.width is None:
-            return kernels.collect_listed_dense, (g.reshape(-1), lst.pos.numpy()[: lst.n][back], wl, alive), lst.n, False
+            return kernels.collect_listed_dense, (g, lst.pos.numpy()[: lst.n][back], wl, alive), lst.n, False
         rowptr, cols = lst.rowptr.numpy(), lst.cols.numpy()[: lst.n]
         if reverse:  # the same rows, last to first, each read from its end: positions count from the end
             rowptr, cols = lst.n - rowptr[::-1], (lst.width - 1) - cols[::-1]
-        return kernels.collect_csr, (g[back], self.x.numpy()[back], rowptr, cols, wl, alive[back]), lst.n, reverse
+        return kernels.collect_csr, (g[back], x[back], rowptr, cols, wl, alive[back]), lst.n, reverse
 
-    def collect(self, lo, hi, idx: np.ndarray, val: np.ndarray, limit: int | None = None, reverse: bool = False):
-        """``(positions, scores, finite)`` of the alive weights scoring in ``[lo, hi)``, in order
-        (``reverse``: from the last, and at most ``limit`` of them); ``finite``: whether every
-        alive score is finite. ``idx``, ``val``: work buffers."""
-        kernel, args, n, flip = self._call(reverse)
+    def collect_latest(self, lo, hi, limit: int, idx: np.ndarray, val: np.ndarray):
+        """Positions of the last ``limit`` (or fewer) alive weights scoring in ``[lo, hi)``, latest
+        first (for ties at the threshold), and for a grouped layer their index in its sorted
+        runs (else None). ``idx``, ``val``: work buffers."""
+        if self.grouped:  # runs come out by score: take them all, then the latest
+            band = _Band(val.dtype)
+            self.scan(lo, hi, band)
+            latest = np.argsort(band.idx[: band.c])[::-1][:limit]
+            return band.idx[latest], band.aux[latest]
+        kernel, args, n, flip = self._call(reverse=True)
         t = val.dtype.type
-        lo, hi, big = t(lo), t(hi), t(np.finfo(t).max)  # compared in the scores' dtype: faster, and exact
-        parts, start, got, ok = [], 0, 0, True
-        while start < n and (limit is None or got < limit):
-            room = len(idx) if limit is None else min(len(idx), limit - got)
-            c, start, seen_ok = kernel(*args, lo, hi, start, big, idx[:room], val[:room])
-            ok &= bool(seen_ok)
+        lo, hi, big = t(lo), t(hi), t(np.finfo(t).max)
+        parts, start, got = [], 0, 0
+        while start < n and got < limit:
+            room = min(len(idx), limit - got)
+            c, start, _ = kernel(*args, lo, hi, start, big, idx[:room], val[:room])
             got += c
-            if c:
-                parts.append((torch.from_numpy(idx[:c].copy()), torch.from_numpy(val[:c].copy())))
-        if not parts:
-            positions, scores = torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=self.w.dtype)
-        elif len(parts) == 1:
-            positions, scores = parts[0]
-        else:
-            positions, scores = torch.cat([p for p, _ in parts]), torch.cat([s for _, s in parts])
-        if flip:
-            positions = (self.w.numel() - 1) - positions
-        return positions, scores, ok or self._alive_finite()
+            parts.append(idx[:c].copy())
+        positions = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return ((self.w.numel() - 1) - positions if flip else positions), None
 
     def _alive_finite(self) -> bool:
         """Whether every alive score is finite (a score above the dtype's range, or NaN, was
@@ -535,13 +677,14 @@ class _Survivors:
     weights a global top-k over the alive scores would not keep: the lowest, ties at the
     threshold dropping the LATEST positions (so the earliest are kept, as in ``global_mask``).
     No sort and no copy of the scores: a strided sample brackets the threshold from above,
-    one compiled pass per layer (:mod:`lib.kernels`) collects the alive scores below the
+    one compiled scan per layer (:mod:`lib.kernels`) collects the alive scores below the
     bracket (a few % of them) and checks that all are finite, and the exact threshold is the
     k-th value among those; a bracket that turns out too low is widened. Layers mostly
-    removed are scanned through an :class:`_AliveList`.
+    removed are scanned through an :class:`_AliveList`; a Linear layer whose input repeats
+    over runs of columns, through its :class:`_Groups`.
     """
 
-    def __init__(self, names, weights, device):
+    def __init__(self, names, weights, device, absolute: bool = False):
         self.names, self.shapes = names, [w.shape for w in weights]
         self.sizes = [w.numel() for w in weights]
         self.offsets = [0]
@@ -549,6 +692,8 @@ class _Survivors:
             self.offsets.append(self.offsets[-1] + s)
         self.n = self.offsets[-1]
         self.flat = torch.cat([w.detach().reshape(-1).cpu() for w in weights])  # the selection runs on the CPU
+        if absolute:
+            self.flat.abs_()
         self.weights = [v.view(s) for v, s in zip(self.flat.split(self.sizes), self.shapes)]
         # the network's copy, on its device (the same tensors on the CPU)
         self.device_flat = self.flat if device.type == "cpu" else self.flat.to(device)
@@ -558,27 +703,35 @@ class _Survivors:
         self.count = self.n
         self.layer_alive = list(self.sizes)
         self.lists: list[_AliveList | None] = [None] * len(names)
+        self.groups: list[_Groups | None] = [None] * len(names)
         self.outer = [False] * len(names)  # scored by outer products (set by layer())
-        self._offsets = np.array(self.offsets, dtype=np.int64)
         self.idx = np.empty(_COLLECT, dtype=np.int64)
         self.val = np.empty(_COLLECT, dtype=self.flat.numpy().dtype)
+        self.band = _Band(self.val.dtype)
+        self.runs = [False] * len(names)  # per layer: scanned by its sorted runs this round
 
     def layer(self, j: int, g: torch.Tensor, x: torch.Tensor | None = None) -> _LayerScores:
         """Layer ``j``'s scores this round, from its weight gradient (or output gradient and input)."""
+        if x is not None and not self.outer[j] and self.sizes[j] >= _GROUPED_FROM:  # its first round
+            run = _Groups.run_length(x.numpy())
+            if 4 <= run <= 255:
+                self.groups[j] = _Groups(self.weights[j], run)
         self.outer[j] = x is not None
-        return _LayerScores(g, self.weights[j], self.alive_views[j], x, self.lists[j])
+        return _LayerScores(g, self.weights[j], self.alive_views[j], x, self.lists[j], self.groups[j])
 
-    def _collect(self, sources, lo, hi):
-        """(flat positions, scores) of :meth:`_LayerScores.collect` over all layers; raises
-        ``FloatingPointError`` naming the first layer with an alive score that is not finite."""
-        idx, vals = [], []
-        for name, src, off in zip(self.names, sources, self.offsets):
-            i, s, finite = src.collect(float(lo), float(hi), self.idx, self.val)
-            if not finite:
+    def _collect(self, sources, lo, hi) -> list[tuple[int, int]]:
+        """Scan every layer for the alive scores in ``[lo, hi)`` into ``self.band`` (emptied
+        first); each layer's ``(first, end)`` in it. Raises ``FloatingPointError`` naming the
+        first layer with an alive score that is not finite."""
+        self.band.c = 0
+        self.runs = [src.grouped for src in sources]  # whose band entries carry sorted-run indices
+        spans = []
+        for name, src in zip(self.names, sources):
+            c0 = self.band.c
+            if not src.scan(lo, hi, self.band):
                 raise FloatingPointError(f"SynFlow scores of {name!r} are not finite")
-            idx.append(i + off)
-            vals.append(s)
-        return torch.cat(idx), torch.cat(vals)
+            spans.append((c0, self.band.c))
+        return spans
 
     def scores(self, sources) -> dict[str, torch.Tensor]:
         """The scores of this round, weights removed in earlier rounds at ``-inf``."""
@@ -586,107 +739,134 @@ class _Survivors:
         views = [v.view(s) for v, s in zip(out.split(self.sizes), self.shapes)]
         for src, v in zip(sources, views):
             src.write(v)
-        out.masked_fill_(~self.alive, -math.inf)
         return dict(zip(self.names, views))
 
-    def _sample(self, sources) -> torch.Tensor:
-        """Scores of about ``_SAMPLE`` alive weights, evenly strided over each layer (or its
+    def _sample(self, sources) -> np.ndarray:
+        """Scores of about ``_ROUND_SAMPLE`` alive weights, evenly strided over each layer (or its
         list of alive weights), unsorted."""
-        step = max(1, self.count // _SAMPLE)
+        step = max(1, self.count // _ROUND_SAMPLE)
         while step > 1 and any(step % p == 0 for p in (2, 3, 5, 7)):  # no aliasing with row lengths
             step += 1
-        vals = []
-        for src, alive, listed, size in zip(sources, self.alive_views, self.lists, self.sizes):
-            if listed is None:
-                pos = torch.arange(min(step // 2, size), size, step)
-            else:
-                pos = listed.positions(torch.arange(min(step // 2, listed.n), listed.n, step))
-            pos = pos[alive.reshape(-1)[pos]]
-            if pos.numel():
-                vals.append(src.at(pos))
-        return torch.cat(vals)
+        lengths = [size if lst is None else lst.n for size, lst in zip(self.sizes, self.lists)]
+        out = np.empty(sum(-(-n // step) for n in lengths), dtype=self.val.dtype)
+        c = 0
+        for src, n in zip(sources, lengths):
+            c = src.sample(min(step // 2, n), step, out, c)
+        return out[:c]
 
-    def _tied(self, sources, v: torch.Tensor, m: int) -> torch.Tensor | None:
-        """The ``m`` to drop if the threshold is ``v`` (everything below, then the latest at ``v``); else None.
+    def _drops(self, spans, keep=None) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per layer, the band's entries (those flagged in ``keep``, if given) as ``(positions,
+        index in the sorted runs or None)``."""
+        out = []
+        for j, (c0, c1) in enumerate(spans):
+            idx, aux = self.band.idx[c0:c1], self.band.aux[c0:c1] if self.runs[j] else None
+            if keep is None:
+                out.append((idx.copy(), None if aux is None else aux.copy()))
+            else:
+                out.append((idx[keep[c0:c1]], None if aux is None else aux[keep[c0:c1]]))
+        return out
+
+    def _tied(self, sources, v, m: int):
+        """Per layer, the ``m`` to drop if the threshold is ``v`` (everything below, then the
+        latest at ``v``), as :meth:`lowest` gives them; else None.
 
         For a threshold inside a large mass of equal scores (ResNet-34's layer4 runs at 1x1, so
         8 of its 9 kernel taps score exactly 0): the tied scores are collected from the end,
         only as many as are dropped.
         """
-        below, _ = self._collect(sources, -math.inf, v)
-        need = m - below.numel()
+        spans = self._collect(sources, -math.inf, v)
+        need = m - self.band.c
         if need < 0:
             return None
+        drops = self._drops(spans)
         t = self.val.dtype.type
         above = float(np.nextafter(t(v), t(np.inf)))  # [v, above): exactly v
-        tied = []
         for j in reversed(range(len(sources))):
             if need == 0:
                 break
-            idx, _, _ = sources[j].collect(float(v), above, self.idx, self.val, limit=need, reverse=True)
-            tied.append(idx + self.offsets[j])
-            need -= idx.numel()
-        return None if need else torch.cat([below, *tied])
+            latest, aux = sources[j].collect_latest(float(v), above, need, self.idx, self.val)
+            pos, sorted_index = drops[j]
+            drops[j] = (np.concatenate([pos, latest]), None if aux is None else np.concatenate([sorted_index, aux]))
+            need -= latest.size
+        return None if need else drops
 
-    def lowest(self, sources, m: int) -> torch.Tensor:
-        """Flat positions of the ``m`` alive weights a top-(count - m) would not keep."""
+    def lowest(self, sources, m: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per layer, the alive weights (``m`` in all) a top-(count - m) would not keep: their
+        positions in the layer, and for a grouped layer their index in its sorted runs (else None)."""
         if m <= 0 or m >= self.count:
             self._collect(sources, -math.inf, -math.inf)  # collects nothing; checks that the scores are finite
             if m <= 0:
-                return torch.zeros(0, dtype=torch.int64, device=self.flat.device)
-            return self.alive.nonzero().squeeze(1)
-        inf = self.flat.new_tensor(math.inf)
-        if self.count <= 4 * _SAMPLE:
-            sample, hi = None, inf
+                return [(np.zeros(0, dtype=np.int64), None) for _ in self.names]
+            return [(a.reshape(-1).numpy().nonzero()[0], None) for a in self.alive_views]
+        if self.count <= 4 * _ROUND_SAMPLE:
+            values, hi = None, math.inf
         else:
             values = self._sample(sources)
-            r = values.numel()
+            r = values.size
             q = (m + 1) / self.count  # the threshold is the (m+1)-th smallest alive score
             margin = _SIGMAS * math.sqrt(r * q * (1 - q)) + 8
             lo_i, hi_i = math.floor(q * r - margin), math.ceil(q * r + margin)
-            # the low end of the sample, sorted (a full sort costs 7x more); all of it if a retry needs it
-            sample = torch.topk(values, min(r, 2 * hi_i + 64), largest=False).values
-            if 0 <= lo_i and hi_i < r and bool(sample[lo_i] == sample[hi_i]):  # the bracket is one (tied) value
-                drop = self._tied(sources, sample[lo_i], m)
-                if drop is not None:
-                    return drop
+            if 0 <= lo_i and hi_i < r:
+                part = np.partition(values, (lo_i, hi_i))
+                if part[lo_i] == part[hi_i]:  # the bracket is one (tied) value
+                    drops = self._tied(sources, part[lo_i], m)
+                    if drops is not None:
+                        return drops
         while True:
-            if sample is not None:
-                i = min(r, math.ceil(q * r + margin))
-                if sample.numel() < r and i >= sample.numel() - 1:  # beyond the sorted low end
-                    sample = values.sort().values
-                # the first sample value above sample[i]: every score tied with it is a candidate
-                j = int(torch.searchsorted(sample, sample[i], right=True)) if i < r else r
-                if j == sample.numel() < r:  # a tie runs past the sorted low end
-                    sample = values.sort().values
-                    j = int(torch.searchsorted(sample, sample[i], right=True))
-                hi = sample[j] if j < r else inf
-            idx, vals = self._collect(sources, -math.inf, hi)
-            if idx.numel() > m:  # the (m+1) smallest alive scores are all below hi
+            if values is not None:
+                i = math.ceil(q * r + margin)
+                hi = math.inf
+                if i < r:
+                    v = np.partition(values, i)[i]
+                    above = values[values > v]  # every score tied with v is a candidate
+                    if above.size:
+                        hi = above.min()
+            spans = self._collect(sources, -math.inf, hi)
+            if self.band.c > m:  # the (m+1) smallest alive scores are all below hi
                 break
             margin *= 16
-        t = _kth_largest(vals, vals.numel() - m)  # the (m+1)-th smallest: the kept threshold
-        drop = idx[vals < t]
-        need = m - drop.numel()
+        idx, vals = self.band.idx[: self.band.c], self.band.val[: self.band.c]
+        t = np.partition(vals, m)[m]  # the (m+1)-th smallest: the kept threshold
+        drop = vals < t
+        need = m - int(np.count_nonzero(drop))
         if need > 0:  # ties at the threshold: the latest positions go
-            tied = idx[vals == t]
-            drop = torch.cat([drop, tied[tied.numel() - need :]])
-        return drop
+            tied = np.flatnonzero(vals == t)
+            for j in reversed(range(len(spans))):
+                c0, c1 = spans[j]
+                mine = tied[np.searchsorted(tied, c0) : np.searchsorted(tied, c1)]
+                if self.runs[j]:  # a grouped scan's entries are not in position order
+                    mine = mine[np.argsort(idx[mine], kind="stable")]
+                mine = mine[max(0, mine.size - need) :]
+                drop[mine] = True
+                need -= mine.size
+                if need == 0:
+                    break
+        return self._drops(spans, drop)
 
-    def remove(self, drop: torch.Tensor) -> None:
+    def remove(self, drops) -> None:
+        """Remove the weights :meth:`lowest` chose (per layer, positions and sorted-run indices)."""
         from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
 
-        removed = np.zeros(len(self.sizes), dtype=np.int64)
-        kernels.remove(drop.numpy(), self.flat.numpy(), self.alive.numpy(), self._offsets, removed)
-        if self.device_flat is not self.flat:
-            self.device_flat.index_fill_(0, drop.to(self.device_flat.device), 0.0)
-        self.count -= drop.numel()
-        for j in np.flatnonzero(removed).tolist():
-            self.layer_alive[j] -= int(removed[j])
+        for j, (drop, sorted_index) in enumerate(drops):
+            if not drop.size:
+                continue
+            w, alive = self.weights[j].numpy().reshape(-1), self.alive_views[j].numpy().reshape(-1)
+            gr = self.groups[j]
+            if gr is None:
+                kernels.remove_at(drop, w, alive)
+            else:
+                if sorted_index is None:  # scanned without its runs this round: find each in its run
+                    sorted_index = gr.locate(drop)
+                kernels.remove_grouped(drop, sorted_index, w, alive, gr.ws)
+            self.count -= drop.size
+            self.layer_alive[j] -= drop.size
             if self.lists[j] is not None:
                 self.lists[j].shrink(self.alive_views[j], self.layer_alive[j])
-            elif self.layer_alive[j] < _LIST_BELOW * self.sizes[j]:
+            elif gr is None and self.layer_alive[j] < _LIST_BELOW * self.sizes[j]:
                 self.lists[j] = _AliveList(self.alive_views[j], self.weights[j], self.outer[j])
+        if self.device_flat is not self.flat:
+            flat = np.concatenate([d + off for (d, _), off in zip(drops, self.offsets)])
+            self.device_flat.index_fill_(0, torch.from_numpy(flat).to(self.device_flat.device), 0.0)
 
 
 class _LinearTaps:
@@ -734,27 +914,29 @@ class _LinearTaps:
             h.remove()
 
 
-def _score_synflow(model, density, batches, device, rounds=100, progress=True, input_shape=None, readout="sum", dtype=None):
+def _score_synflow(model, density, batches, device, rounds=100, progress=True, input_shape=None, readout="sum", dtype=None,
+                   masks=False):
     """SynFlow (Tanaka et al. 2020): ``rounds`` rounds of scoring the abs-valued network at input 1.
 
     ``readout``: R = sum(f(1)) ("sum", the SynFlow paper) or sum(log_softmax(f(1)))
     ("log_softmax", what made the authors' published masks). ``dtype``: by default float32, as
     the authors' code scored, and float64 from the start again if an alive score is not finite
     in float32 (products of |w| along deep paths can overflow it: ~160**30 in a 30-layer MLP);
-    a given dtype is used alone.
+    a given dtype is used alone. Returns the last round's scores, or with ``masks`` the weights
+    that survive the last round (its top-k: what ``global_mask`` of those scores keeps).
     """
     if readout not in SYNFLOW_READOUTS:
         raise ValueError(f"readout must be 'sum' (the SynFlow paper) or 'log_softmax' (the authors' published masks), got {readout!r}")
     if dtype is None:
         try:
-            return _synflow_rounds(model, density, batches, device, rounds, progress, input_shape, readout, torch.float32)
+            return _synflow_rounds(model, density, batches, device, rounds, progress, input_shape, readout, torch.float32, masks)
         except FloatingPointError:
             pass  # float32 overflowed: the same rounds in float64
         dtype = torch.float64
-    return _synflow_rounds(model, density, batches, device, rounds, progress, input_shape, readout, dtype)
+    return _synflow_rounds(model, density, batches, device, rounds, progress, input_shape, readout, dtype, masks)
 
 
-def _synflow_rounds(model, density, batches, device, rounds, progress, input_shape, readout, dtype):
+def _synflow_rounds(model, density, batches, device, rounds, progress, input_shape, readout, dtype, masks=False):
     layers = prunable_layers(model)
     names = list(layers)
     if input_shape is None:
@@ -763,8 +945,9 @@ def _synflow_rounds(model, density, batches, device, rounds, progress, input_sha
         else:
             m0 = layers[names[0]]
             input_shape = (m0.in_channels, 32, 32) if isinstance(m0, nn.Conv2d) else (m0.in_features,)
-    tensors = _tensors(model, dtype, absolute=True)  # every parameter AND buffer replaced by |.|
-    live = _Survivors(names, [tensors.pop(f"{n}.weight") for n in names], device)  # private copies (abs), masked
+    weight_names = {f"{n}.weight" for n in names}  # copied once, into the survivors' buffer, and made |.| there
+    tensors = _tensors(model, dtype, absolute=True, raw=weight_names)  # every parameter AND buffer replaced by |.|
+    live = _Survivors(names, [tensors.pop(f"{n}.weight") for n in names], device, absolute=True)  # private copies, masked
     x = torch.ones((1, *input_shape), dtype=dtype, device=device)
     taps = _LinearTaps({n: m for n, m in layers.items() if isinstance(m, nn.Linear)})
     try:
@@ -794,7 +977,7 @@ def _synflow_rounds(model, density, batches, device, rounds, progress, input_sha
                     sources.append(live.layer(j, grads[n].cpu() if grads[n] is not None else torch.zeros_like(w)))
             del grads
             k = kept_count(live.n, density ** (r / rounds))
-            if r == rounds:
+            if r == rounds and not masks:
                 scores = live.scores(sources)
             try:
                 live.remove(live.lowest(sources, live.count - k))
@@ -802,6 +985,8 @@ def _synflow_rounds(model, density, batches, device, rounds, progress, input_sha
                 raise FloatingPointError(f"{err} in round {r}") from None
     finally:
         taps.remove()
+    if masks:  # the survivors are global_mask of the last round's scores
+        return {n: a.clone() for n, a in zip(names, live.alive_views)}
     return scores
 
 
@@ -845,6 +1030,12 @@ def score(model: nn.Module, method: str, batches=None, seed: int = 0, density: f
     if m.scorer is None:
         raise ValueError(f"{m.name} has no per-weight score: use prune(model, {m.name!r}, density, seed=...) "
                          f"or compute_masks(model, {m.name!r}, density, seed=...)")
+    return _run(m, m.scorer, model, batches, seed, density, options)
+
+
+def _run(m: "Method", fn: Callable, model: nn.Module, batches, seed: int, density, options: Mapping) -> dict[str, torch.Tensor]:
+    """``fn`` (``m``'s scorer or selector) on ``model`` as :func:`score` documents it: options
+    and density checked, batches read once, on a scoring view of the model; CPU tensors."""
     m.check_options(options)
     if not m.density_free:
         if density is None:
@@ -854,11 +1045,11 @@ def score(model: nn.Module, method: str, batches=None, seed: int = 0, density: f
         batches = _batches(batches, m.name)
     call = dict(batches=batches, seed=seed, density=density, **options)
     if not m.needs_weights:  # shapes suffice: the model may live on the meta device
-        return m.scorer(model, **call)
+        return fn(model, **call)
     dtype = torch.float64 if any(p.dtype == torch.float64 for p in model.parameters()) else torch.float32
     with _scoring_view(model):
-        scores = m.scorer(model, dtype=dtype, device=_device(model), **call)
-    return {n: s.detach().cpu() for n, s in scores.items()}
+        out = fn(model, dtype=dtype, device=_device(model), **call)
+    return {n: s.detach().cpu() for n, s in out.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -928,11 +1119,15 @@ class Method:
     ``density_free``: scores do not depend on the density (computed once per seed and reused).
     ``cache_scores``: worth writing to disk (Rand's are cheaper to redraw than to read).
     ``options``: keyword options :func:`score` accepts for it.
+    ``select``: optional, the masks straight from the method's own procedure, where that already
+    is ``global_mask`` of its scores (SynFlow's survivors of its last round): called like
+    ``scorer``, it spares :func:`compute_masks` the scores and their ranking.
     """
 
     name: str
     scorer: Callable | None = None
     draw: Callable | None = None
+    select: Callable | None = None
     needs_data: bool = False
     needs_weights: bool = False
     density_free: bool = True
@@ -965,7 +1160,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            _score_grasp(model, batches, dtype, device, float(temperature))),
     Method("SynFlow", needs_weights=True, density_free=False, options=_ITERATIVE | {"input_shape", "readout"},
            scorer=lambda model, *, density, batches, device, rounds=100, progress=True, input_shape=None, readout="sum", **_:
-           _score_synflow(model, density, batches, device, _rounds(rounds), bool(progress), input_shape, readout)),
+           _score_synflow(model, density, batches, device, _rounds(rounds), bool(progress), input_shape, readout),
+           select=lambda model, *, density, batches, device, rounds=100, progress=True, input_shape=None, readout="sum", **_:
+           _score_synflow(model, density, batches, device, _rounds(rounds), bool(progress), input_shape, readout, masks=True)),
     Method("iterSNIP", needs_data=True, needs_weights=True, density_free=False, options=_ITERATIVE,
            scorer=lambda model, *, density, batches, dtype, device, rounds=100, progress=True, **_:
            _score_itersnip(model, density, batches, dtype, device, _rounds(rounds), bool(progress))),
@@ -1004,7 +1201,8 @@ def compute_masks(model: nn.Module, method: str, density: float, batches=None, s
 
     Methods with a mask rule draw it (ERK: Bernoulli masks with ``seed``; Dense: everything,
     density 1). The others keep the top ``floor(density * N)`` scores of :func:`score` (or of
-    ``scores`` when given: density-free scores computed once, e.g. SNIP at several densities).
+    ``scores`` when given: density-free scores computed once, e.g. SNIP at several densities;
+    SynFlow without ``scores``: its last round's survivors, which are exactly those).
     A layer left with no weight triggers a :class:`LayerCollapseWarning`. Use this where only
     the masks are wanted (saving them, measuring their graphs): applying masks to a full-size
     VGG-16 costs a second or more of copies.
@@ -1014,6 +1212,8 @@ def compute_masks(model: nn.Module, method: str, density: float, batches=None, s
     if m.draw is not None:
         m.check_options(options)
         masks = m.draw(model, density, seed)
+    elif scores is None and m.select is not None:
+        masks = _run(m, m.select, model, batches, seed, density, options)
     else:
         if scores is None:
             scores = score(model, method, batches=batches, seed=seed, density=density, **options)

@@ -10,6 +10,7 @@ import math
 import os
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -333,8 +334,8 @@ class SharedLinear(nn.Module):
 # Small sample sizes make the sampled-bracket paths (and their retries: zero sigmas) run on
 # small models; _LIST_BELOW near 1 scans Linear layers through alive lists (and rebuilds them).
 SELECTION_PATHS = [
-    {"_SAMPLE": 300, "_SIGMAS": 6.0, "_LIST_BELOW": 0.9},
-    {"_SAMPLE": 200, "_SIGMAS": 0.0, "_LIST_BELOW": 0.5},
+    {"_ROUND_SAMPLE": 300, "_SIGMAS": 6.0, "_LIST_BELOW": 0.9},
+    {"_ROUND_SAMPLE": 200, "_SIGMAS": 0.0, "_LIST_BELOW": 0.5},
 ]
 
 
@@ -403,7 +404,7 @@ def test_synflow_readout_must_be_sum_or_log_softmax():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_survivors_drop_exactly_the_lowest_alive_with_ties_to_the_latest(monkeypatch, dtype):
     """The removal step against a stable sort, on scores full of ties, with lists and retries."""
-    monkeypatch.setattr(pruning, "_SAMPLE", 200)  # 2,100 weights: sampled brackets (and the tie path) run
+    monkeypatch.setattr(pruning, "_ROUND_SAMPLE", 200)  # 2,100 weights: sampled brackets (and the tie path) run
     monkeypatch.setattr(pruning, "_COLLECT", 7)  # the compiled loops stop and resume many times
     gen = torch.Generator().manual_seed(0)
     few = lambda *shape: torch.randint(0, 6, shape, generator=gen).to(dtype)  # a few values: heavy ties
@@ -414,10 +415,15 @@ def test_survivors_drop_exactly_the_lowest_alive_with_ties_to_the_latest(monkeyp
         ((few(100, 3, 3), few(40, 30), few(40) % 3, few(30) % 2 + 1), 6.0, 0.0),
         ((one(100, 3, 3), one(40, 30), one(40), one(30)), 6.0, 1.0),
         ((one(100, 3, 3), one(40, 30), one(40), one(30)), 6.0, 0.0),
+        # the fc input repeats over runs of 5 columns (scanned by sorted runs), ties within runs
+        ((few(100, 3, 3) - 2, few(40, 30), few(40) % 3, few(6).repeat_interleave(5) + 1), 6.0, 0.9),
+        ((few(100, 3, 3), few(40, 30), few(40) % 3 + 1, few(6).repeat_interleave(5) + 1), 0.0, 0.0),
+        ((one(100, 3, 3), one(40, 30), one(40), one(30)), 6.0, 0.9),
     ]
-    for (conv, w, g, x), sigmas, list_below in cases:
+    for case, ((conv, w, g, x), sigmas, list_below) in enumerate(cases):
         monkeypatch.setattr(pruning, "_SIGMAS", sigmas)
         monkeypatch.setattr(pruning, "_LIST_BELOW", list_below)
+        monkeypatch.setattr(pruning, "_GROUPED_FROM", 0 if case >= 5 else 1 << 16)
         live = pruning._Survivors(["conv", "fc"], [torch.ones(100, 3, 3, dtype=dtype), w], torch.device("cpu"))
         for share in (0.005, 0.4, 0.03, 0.35, 0.3):
             m = max(1, int(share * live.count))
@@ -426,20 +432,55 @@ def test_survivors_drop_exactly_the_lowest_alive_with_ties_to_the_latest(monkeyp
             alive = live.alive.clone()
             # expected: the m smallest alive scores, ties dropping the latest positions
             order = [i for i in sorted(range(flat.numel()), key=lambda i: (float(flat[i]), -i)) if alive[i]]
-            drop = live.lowest(sources, m)
+            drops = live.lowest(sources, m)
+            drop = np.concatenate([d + off for (d, _), off in zip(drops, live.offsets)])
             assert sorted(drop.tolist()) == sorted(order[:m])
-            live.remove(drop)
+            live.remove(drops)
             assert int(live.alive.sum()) == int(alive.sum()) - m
             assert live.layer_alive == [int(a.sum()) for a in live.alive_views]
         assert any(lst is not None for lst in live.lists) == (list_below > 0)
+        assert (live.groups[1] is not None) == (case >= 5)  # a grouped layer is never listed
+        assert live.groups[1] is None or live.lists[1] is None
+
+
+@pytest.mark.parametrize("readout", ["sum", "log_softmax"])
+def test_synflow_masks_are_global_mask_of_its_scores(readout):
+    # compute_masks takes SynFlow's survivors of the last round instead of ranking its scores
+    model = build_model("vgg16", width=0.0625, seed=2)
+    masks = compute_masks(model, "SynFlow", 0.03, rounds=6, progress=False, readout=readout)
+    scores = pruning.score(model, "SynFlow", density=0.03, rounds=6, progress=False, readout=readout)
+    assert same_masks(masks, global_mask(scores, 0.03))
+    assert kept(masks) == math.floor(0.03 * n_weights(model))
+
+
+def test_grouped_layer_removes_right_when_its_input_stops_repeating(monkeypatch):
+    """A grouped Linear layer scanned without its runs (the input no longer repeats) still
+    marks the removed weights in its sorted runs, so later grouped scans skip them."""
+    monkeypatch.setattr(pruning, "_GROUPED_FROM", 0)
+    monkeypatch.setattr(pruning, "_ROUND_SAMPLE", 100)
+    gen = torch.Generator().manual_seed(1)
+    w = torch.rand(8, 20, generator=gen)
+    live = pruning._Survivors(["fc"], [w], torch.device("cpu"))
+    g, runs = torch.rand(8, generator=gen), torch.rand(4, generator=gen).repeat_interleave(5)
+    for x in (runs, torch.rand(20, generator=gen), runs, runs):  # grouped, not, grouped, grouped
+        src = live.layer(0, g, x)
+        assert src.grouped == (x is runs)
+        scores = ((g[:, None] * x[None, :]) * live.weights[0]).reshape(-1)
+        alive = live.alive.clone()
+        order = [i for i in sorted(range(scores.numel()), key=lambda i: (float(scores[i]), -i)) if alive[i]]
+        drops = live.lowest([src], 20)
+        assert sorted(drops[0][0].tolist()) == sorted(order[:20])
+        live.remove(drops)
+    ws = live.groups[0].ws
+    assert int(np.isnan(ws).sum()) == 80 == int((~live.alive).sum())
 
 
 def test_synflow_names_the_layer_whose_alive_scores_are_not_finite():
     live = pruning._Survivors(["conv", "fc"], [torch.ones(10, 3, 3), torch.ones(4, 5)], torch.device("cpu"))
-    live.remove(torch.tensor([0, 1]))
+    live.remove([(np.array([0, 1]), None), (np.array([], dtype=np.int64), None)])
     g = torch.ones(10, 3, 3)
     g.view(-1)[0] = math.inf  # a removed weight's gradient may be anything
-    assert live.lowest([live.layer(0, g), live.layer(1, torch.ones(4), torch.ones(5))], 3).numel() == 3
+    assert sum(d.size for d, _ in live.lowest([live.layer(0, g), live.layer(1, torch.ones(4), torch.ones(5))], 3)) == 3
     g.view(-1)[5] = math.nan  # an alive one's may not
     with pytest.raises(FloatingPointError, match="SynFlow scores of 'conv' are not finite"):
         live.lowest([live.layer(0, g), live.layer(1, torch.ones(4), torch.ones(5))], 3)
