@@ -418,7 +418,8 @@ def scan_grouped(g, xg, wmax, ws, perm, first, wfirst, size, lo, hi, big, start,
 
 @numba.njit(nogil=True, cache=True)
 def remove_grouped(drop, sorted_index, w, alive, ws):
-    """:func:`remove_at` for a grouped layer, also marking the weights removed in ``ws``."""
+    """:func:`remove_at` for a grouped layer, also marking the weights removed in ``ws`` (its
+    groups' ``first``/``wfirst`` catch up when next walked: cheaper than moving them here)."""
     for t in range(drop.size):
         w[drop[t]] = 0
         alive[drop[t]] = False
@@ -500,3 +501,32 @@ def write_outer(g, x, w, alive, out):
         base = i * cols
         for j in range(cols):
             out[base + j] = (gi * x[j]) * w[base + j] if alive[base + j] else -np.inf
+
+
+@numba.njit(nogil=True, cache=True)
+def run_keys(w, size, keys):
+    """Sort keys of float32 ``w >= 0`` (flat, runs of ``size`` <= 256): its bits (which order
+    as its values) above its offset in the run."""
+    bits = w.view(np.uint32)
+    for p in range(w.size):
+        keys[p] = (np.uint64(bits[p]) << np.uint64(16)) | np.uint64(p % size)
+
+
+@numba.njit(nogil=True, cache=True)
+def run_split(keys, ws, perm):
+    """Sorted :func:`run_keys` back into values ``ws`` (float32) and offsets ``perm``."""
+    bits = ws.view(np.uint32)
+    for p in range(keys.size):
+        bits[p] = np.uint32(keys[p] >> np.uint64(16))
+        perm[p] = np.uint8(keys[p] & np.uint64(0xFF))
+
+
+@numba.njit(nogil=True, cache=True)
+def pick(idx, aux, val, flags, t, out_idx, out_aux):
+    """Copy the entries with ``val < t`` or a set flag into ``out_*``; their number."""
+    c = 0
+    for e in range(val.size):
+        out_idx[c] = idx[e]
+        out_aux[c] = aux[e]
+        c += (val[e] < t) | flags[e]
+    return c

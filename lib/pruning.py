@@ -472,14 +472,15 @@ class _Groups:
         self.size = size
         self.ws = np.empty(rows.shape, dtype=rows.dtype)  # each run's weights, ascending (removed: NaN)
         self.perm = np.empty(rows.shape, dtype=np.uint8)  # their offsets in the run
-        offsets = np.arange(size, dtype=np.uint64)
         for r in range(0, rows.shape[0], 1 << 16):  # in chunks: the keys take 8 bytes a weight
             block, out = rows[r : r + (1 << 16)], slice(r, r + (1 << 16))
             if block.dtype == np.float32:  # w >= 0 orders as its bits: sort integer keys (4x argsort's pace)
-                keys = (block.view(np.uint32).astype(np.uint64) << np.uint64(16)) | offsets
+                from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
+
+                keys = np.empty(block.shape, dtype=np.uint64)
+                kernels.run_keys(block.reshape(-1), size, keys.reshape(-1))
                 keys.sort(axis=1)
-                self.perm[out] = keys & np.uint64(0xFFFF)
-                self.ws[out] = (keys >> np.uint64(16)).astype(np.uint32).view(np.float32)
+                kernels.run_split(keys.reshape(-1), self.ws[out].reshape(-1), self.perm[out].reshape(-1))
             else:
                 order = block.argsort(axis=1, kind="stable")
                 self.perm[out] = order
@@ -754,16 +755,21 @@ class _Survivors:
             c = src.sample(min(step // 2, n), step, out, c)
         return out[:c]
 
-    def _drops(self, spans, keep=None) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """Per layer, the band's entries (those flagged in ``keep``, if given) as ``(positions,
-        index in the sorted runs or None)``."""
+    def _drops(self, spans, t=None, tied=None) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per layer, the band's entries (with ``t``: those scoring below ``t`` or flagged in
+        ``tied``) as ``(positions, index in the sorted runs or None)``."""
+        from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
+
         out = []
         for j, (c0, c1) in enumerate(spans):
-            idx, aux = self.band.idx[c0:c1], self.band.aux[c0:c1] if self.runs[j] else None
-            if keep is None:
-                out.append((idx.copy(), None if aux is None else aux.copy()))
+            idx, aux, val = self.band.idx[c0:c1], self.band.aux[c0:c1], self.band.val[c0:c1]
+            if t is None:
+                idx, aux = idx.copy(), aux.copy()
             else:
-                out.append((idx[keep[c0:c1]], None if aux is None else aux[keep[c0:c1]]))
+                picked, picked_aux = np.empty(c1 - c0, dtype=np.int64), np.empty(c1 - c0, dtype=np.int64)
+                n = kernels.pick(idx, aux, val, tied[c0:c1], val.dtype.type(t), picked, picked_aux)
+                idx, aux = picked[:n], picked_aux[:n]
+            out.append((idx, aux if self.runs[j] else None))
         return out
 
     def _tied(self, sources, v, m: int):
@@ -827,8 +833,8 @@ class _Survivors:
             margin *= 16
         idx, vals = self.band.idx[: self.band.c], self.band.val[: self.band.c]
         t = np.partition(vals, m)[m]  # the (m+1)-th smallest: the kept threshold
-        drop = vals < t
-        need = m - int(np.count_nonzero(drop))
+        drop = np.zeros(vals.size, dtype=np.bool_)  # the ties that go, beside everything below t
+        need = m - int(np.count_nonzero(vals < t))
         if need > 0:  # ties at the threshold: the latest positions go
             tied = np.flatnonzero(vals == t)
             for j in reversed(range(len(spans))):
@@ -841,7 +847,7 @@ class _Survivors:
                 need -= mine.size
                 if need == 0:
                     break
-        return self._drops(spans, drop)
+        return self._drops(spans, t, drop)
 
     def remove(self, drops) -> None:
         """Remove the weights :meth:`lowest` chose (per layer, positions and sorted-run indices)."""
