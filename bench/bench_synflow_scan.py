@@ -1,11 +1,13 @@
-"""One SynFlow selection scan over VGG-16's classifier, against the memory's pace.
+"""One SynFlow selection scan over a 25088 x 4096 Linear layer, against the memory's pace.
 
-``lib.kernels.collect_outer`` scans all 25088 x 4096 weights of the first classifier layer
-in each early SynFlow round (while more than ``lib.pruning._LIST_BELOW`` of them are alive),
-collecting the alive scores below a bracket. This times one scan on synthetic float32 data
-(90% alive) with no hits and with ~3% hits (a round drops ~3% of the alive weights), and
-beside it a branch-free compiled pass that reads the same weights and flags and only counts
-(what a vectorised scan could approach), and numpy's sum of the weights. Prints a table:
+A SynFlow round scans every alive weight of a Linear layer scored by outer products (while
+more than ``lib.pruning._LIST_BELOW`` of it is alive), collecting the alive scores below a
+bracket. This times one scan of VGG-16's classifier shape on synthetic float32 data (90%
+alive, inputs that do not repeat, so no sorted runs) with no hits and with ~3% hits (a round
+drops ~3% of the alive weights): ``lib.kernels.scan_outer`` (flags a block branch-free, then
+collects the hits; what SynFlow runs), ``lib.kernels.collect_outer`` (one branch a score; what
+it ran before, still used for ties), a branch-free pass that only counts, and numpy's sum of
+the weights. Prints a table:
 
     python bench/bench_synflow_scan.py
 """
@@ -55,6 +57,8 @@ def main() -> pd.DataFrame:
     alive = rng.random(ROWS * COLS) < 0.9
     cap = 1 << 18
     idx, val = np.empty(cap, np.int64), np.empty(cap, np.float32)
+    alive8 = alive.view(np.uint8)
+    bidx, bval = np.empty(1 << 23, np.int64), np.empty(1 << 23, np.float32)  # one call holds a round's hits
     big, low = np.float32(np.finfo(np.float32).max), np.float32(-np.inf)
     rows = []
     for label, hi in (("no hits", np.float32(-1.0)), ("~3% hits", np.float32(0.001))):
@@ -65,6 +69,16 @@ def main() -> pd.DataFrame:
                 hits += c
             return hits
 
+        def block_scan():
+            start, c = 0, 0
+            while start < w.size:
+                c, start, _ = kernels.scan_outer(g, x, w, alive8, low, hi, big, start, bidx, bval, 0)
+                hits[0] += c
+            return c
+
+        hits = [0]
+        block_scan()
+        rows.append({"pass": f"scan_outer, {label}", "hits %": 100 * hits[0] / w.size, "s": best_of(block_scan)})
         hits = scan()
         rows.append({"pass": f"collect_outer, {label}", "hits %": 100 * hits / w.size, "s": best_of(scan)})
         rows.append({"pass": f"branch-free count, {label}", "hits %": 100 * count_below(g, x, w, alive, hi) / w.size,
