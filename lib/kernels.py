@@ -332,10 +332,10 @@ def scan_csr(g, x, rowptr, cols, wl, alive, lo, hi, big, start, idx, val, c):
 # VGG-16's classifier reads a 512x1x1 feature map average-pooled to 7x7: its input is 512
 # values, each repeated over 49 consecutive columns. Within such a run (a "group": row i,
 # columns of one value x_c) every score is fl(fl(g_i x_c) w) with one multiplier, so the
-# scores rise with w. Each group keeps its weights' order by w (``perm``: offsets in the
-# group), the first alive one (``first``) and its value (``wfirst``): a scan reads one float
-# per group, and walks a group only while its scores are in the band. Groups are contiguous:
-# group b holds flat positions ``b * size ... b * size + size - 1``.
+# scores rise with w. Each group keeps its weights sorted (``ws``, removed ones NaN), their
+# offsets in the group (``perm``), the first alive one (``first``) and its value (``wfirst``):
+# a scan reads one float per group, and walks a group only while its scores are in the band.
+# Groups are contiguous: group b holds flat positions ``b * size ... b * size + size - 1``.
 
 
 @numba.njit(nogil=True, cache=True)
