@@ -624,8 +624,9 @@ class _LayerScores:
         return kernels.sample_csr(g, x, lst.rowptr.numpy(), lst.cols.numpy()[: lst.n], wl, alive, first, step, out, c)
 
     def _call(self, reverse: bool):
-        """The ``collect_*`` kernel for this layer (for :meth:`collect_latest`), its arguments before ``(lo, hi, start, big,
-        idx, val)``, how far it runs, and whether its positions count from the end (``reverse``)."""
+        """The ``collect_*`` kernel for this layer (for :meth:`collect_latest`), its arguments
+        before ``(lo, hi, start, big, idx, val)``, how far it runs, and whether its positions
+        count from the end (``reverse``)."""
         from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
 
         w, alive, g, x = self._arrays
