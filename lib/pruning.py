@@ -472,12 +472,15 @@ class _Groups:
         self.size = size
         self.ws = np.empty(rows.shape, dtype=rows.dtype)  # each run's weights, ascending (removed: NaN)
         self.perm = np.empty(rows.shape, dtype=np.uint8)  # their offsets in the run
-        for r in range(0, rows.shape[0], 1 << 16):  # in chunks: the keys take 8 bytes a weight
-            block, out = rows[r : r + (1 << 16)], slice(r, r + (1 << 16))
+        chunk = 1 << 16  # runs sorted at a time: the keys take 8 bytes a weight
+        if rows.dtype == np.float32:
+            buffer = np.empty(min(chunk, rows.shape[0]) * size, dtype=np.uint64)  # reused: no new pages per chunk
+        for r in range(0, rows.shape[0], chunk):
+            block, out = rows[r : r + chunk], slice(r, r + chunk)
             if block.dtype == np.float32:  # w >= 0 orders as its bits: sort integer keys (4x argsort's pace)
                 from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
 
-                keys = np.empty(block.shape, dtype=np.uint64)
+                keys = buffer[: block.size].reshape(block.shape)
                 kernels.run_keys(block.reshape(-1), size, keys.reshape(-1))
                 keys.sort(axis=1)
                 kernels.run_split(keys.reshape(-1), self.ws[out].reshape(-1), self.perm[out].reshape(-1))
@@ -693,9 +696,12 @@ class _Survivors:
         for s in self.sizes:
             self.offsets.append(self.offsets[-1] + s)
         self.n = self.offsets[-1]
-        self.flat = torch.cat([w.detach().reshape(-1).cpu() for w in weights])  # the selection runs on the CPU
-        if absolute:
-            self.flat.abs_()
+        self.flat = torch.empty(self.n, dtype=weights[0].dtype)  # the selection runs on the CPU
+        for w, v in zip(weights, self.flat.split(self.sizes)):  # one pass a weight (no cat, then abs)
+            if absolute:
+                torch.abs(w.detach().reshape(-1).cpu(), out=v)
+            else:
+                v.copy_(w.detach().reshape(-1))
         self.weights = [v.view(s) for v, s in zip(self.flat.split(self.sizes), self.shapes)]
         # the network's copy, on its device (the same tensors on the CPU)
         self.device_flat = self.flat if device.type == "cpu" else self.flat.to(device)
