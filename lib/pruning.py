@@ -626,25 +626,24 @@ class _LayerScores:
             return kernels.sample_listed(g, lst.pos.numpy()[: lst.n], wl, alive, first, step, out, c)
         return kernels.sample_csr(g, x, lst.rowptr.numpy(), lst.cols.numpy()[: lst.n], wl, alive, first, step, out, c)
 
-    def _call(self, reverse: bool):
-        """The ``collect_*`` kernel for this layer (for :meth:`collect_latest`), its arguments
-        before ``(lo, hi, start, big, idx, val)``, how far it runs, and whether its positions
-        count from the end (``reverse``)."""
+    def _reversed_call(self):
+        """The ``collect_*`` kernel reading this layer from its end (for :meth:`collect_latest`),
+        its arguments before ``(lo, hi, start, big, idx, val)``, how far it runs, and whether the
+        positions it gives count from the end (a list of positions gives them as they are)."""
         from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
 
         w, alive, g, x = self._arrays
-        lst, back = self.listed, slice(None, None, -1 if reverse else 1)
+        lst, back = self.listed, slice(None, None, -1)
         if lst is None and x is None:
-            return kernels.collect_dense, (g[back], w[back], alive[back]), w.size, reverse
+            return kernels.collect_dense, (g[back], w[back], alive[back]), w.size, True
         if lst is None:
-            return kernels.collect_outer, (g[back], x[back], w[back], alive[back]), w.size, reverse
+            return kernels.collect_outer, (g[back], x[back], w[back], alive[back]), w.size, True
         wl = lst.w.numpy()[: lst.n][back]
         if lst.width is None:
             return kernels.collect_listed_dense, (g, lst.pos.numpy()[: lst.n][back], wl, alive), lst.n, False
-        rowptr, cols = lst.rowptr.numpy(), lst.cols.numpy()[: lst.n]
-        if reverse:  # the same rows, last to first, each read from its end: positions count from the end
-            rowptr, cols = lst.n - rowptr[::-1], (lst.width - 1) - cols[::-1]
-        return kernels.collect_csr, (g[back], x[back], rowptr, cols, wl, alive[back]), lst.n, reverse
+        # the same rows, last to first, each read from its end: positions count from the end
+        rowptr, cols = lst.n - lst.rowptr.numpy()[::-1], (lst.width - 1) - lst.cols.numpy()[: lst.n][::-1]
+        return kernels.collect_csr, (g[back], x[back], rowptr, cols, wl, alive[back]), lst.n, True
 
     def collect_latest(self, lo, hi, limit: int, idx: np.ndarray, val: np.ndarray):
         """Positions of the last ``limit`` (or fewer) alive weights scoring in ``[lo, hi)``, latest
@@ -655,7 +654,7 @@ class _LayerScores:
             self.scan(lo, hi, band)
             latest = np.argsort(band.idx[: band.c])[::-1][:limit]
             return band.idx[latest], band.aux[latest]
-        kernel, args, n, flip = self._call(reverse=True)
+        kernel, args, n, flip = self._reversed_call()
         t = val.dtype.type
         lo, hi, big = t(lo), t(hi), t(np.finfo(t).max)
         parts, start, got = [], 0, 0
