@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 __all__ = [
     "scan_dense", "scan_outer", "scan_listed", "scan_csr", "scan_grouped",
@@ -36,6 +39,25 @@ __all__ = [
     "sample_dense", "sample_outer", "sample_listed", "sample_csr",
     "remove_at", "remove_grouped", "compact_listed", "compact_csr", "write_dense", "write_outer",
 ]
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint the CPU to fetch ``array[index]`` into its caches (LLVM's ``prefetch``: no fault,
+    no effect on results). For loops whose next addresses are known a few steps ahead but
+    follow no stride the hardware prefetcher could learn (a sorted run's first alive weight)."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]])
+        byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn_type = ir.FunctionType(ir.VoidType(), [byte_pointer.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fn_type, "llvm.prefetch.p0")
+        builder.call(fn, [byte_pointer, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
 
 
 @numba.njit(nogil=True, cache=True)
@@ -332,38 +354,14 @@ def scan_csr(g, x, rowptr, cols, wl, alive, lo, hi, big, start, idx, val, c):
 # VGG-16's classifier reads a 512x1x1 feature map average-pooled to 7x7: its input is 512
 # values, each repeated over 49 consecutive columns. Within such a run (a "group": row i,
 # columns of one value x_c) every score is fl(fl(g_i x_c) w) with one multiplier, so the
-# scores rise with w. Each group keeps its weights sorted (``ws``, removed ones NaN), their
-# offsets in the group (``perm``), the first alive one (``first``) and its value (``wfirst``):
-# a scan reads one float per group, and walks a group only while its scores are in the band.
+# scores rise with w. Each group keeps its weights sorted (``ws``), their offsets in the group
+# (``perm``), where its alive ones start (``first``) and the value there (``wfirst``): a scan
+# reads one float per group, and walks a group only while its scores are in the band. Removed
+# weights are those before ``first`` and, rarely (a tie dropping a later one), NaN holes.
 # Groups are contiguous: group b holds flat positions ``b * size ... b * size + size - 1``.
 
 
-@numba.njit(nogil=True, cache=True)
-def group_order(w, size, perm, wfirst):
-    """Sort each group of float32 ``w`` (flat, groups of ``size`` <= 256) by value: ``perm`` the
-    offsets in order, ``wfirst`` each group's smallest value. Ties in any fixed order (the scan
-    does not depend on it). Sorted as integers: ``w >= 0``, so its bits order as its values."""
-    keys = np.empty(size, np.uint64)
-    bits = w.view(np.uint32)
-    for b in range(w.size // size):
-        base = b * size
-        for k in range(size):
-            keys[k] = (np.uint64(bits[base + k]) << np.uint64(16)) | np.uint64(k)
-        keys.sort()
-        for k in range(size):
-            perm[base + k] = keys[k] & np.uint64(0xFFFF)
-        wfirst[b] = w[base + perm[base]]
-
-
-@numba.njit(nogil=True, cache=True)
-def group_order_any(w, size, perm, wfirst):
-    """:func:`group_order` for any float dtype (float64: SynFlow's fallback), by ``argsort``."""
-    for b in range(w.size // size):
-        base = b * size
-        order = np.argsort(w[base : base + size], kind="mergesort")
-        for k in range(size):
-            perm[base + k] = order[k]
-        wfirst[b] = w[base + perm[base]]
+_AHEAD = 32  # groups (or drops) between a prefetch and its use: ~the memory latency's worth of work
 
 
 @numba.njit(nogil=True, cache=True)
@@ -372,12 +370,12 @@ def scan_grouped(g, xg, wmax, ws, perm, first, wfirst, size, lo, hi, big, start,
 
     ``g``: the output gradient; ``xg``: one input value per group of a row; ``wmax``: each
     row's largest initial weight (for the range check); ``ws``: each group's weights sorted,
-    removed ones NaN; ``perm``: their offsets in the group. ``idx`` gets layer positions and
+    removed ones before ``first`` or NaN; ``perm``: their offsets in the group. ``idx`` gets layer positions and
     ``aux`` their index in ``ws``; group by group (ascending between groups, by score within).
 
-    A group's ``first``/``wfirst`` move past removed weights when the group is next walked.
-    Until then ``wfirst`` is a removed weight's value, no larger than the alive ones, so a
-    group is never skipped wrongly."""
+    A walk moves ``first`` past NaN holes and sets ``wfirst``; until a group is next walked its
+    ``wfirst`` may be a removed weight's value, no larger than the alive ones, so a group is
+    never skipped wrongly."""
     per_row = xg.size
     xmax = np.float32(0.0)
     bad = np.uint8(0)
@@ -393,12 +391,17 @@ def scan_grouped(g, xg, wmax, ws, perm, first, wfirst, size, lo, hi, big, start,
             bad |= np.uint8(not ((gi * xmax) * wmax[i] <= big))
         row_end = min((i + 1) * per_row, nblocks)
         while b < row_end and idx.size - c >= size:
+            ahead = b + _AHEAD
+            if ahead < nblocks:  # the group walked _AHEAD steps on starts at no fixed stride
+                k = ahead * size + np.int64(first[ahead])
+                prefetch(ws, k)
+                prefetch(perm, k)
             m = gi * xg[b - i * per_row]
             if m * wfirst[b] < hi:  # NaN (0 * inf for an emptied group) skips
                 base = b * size
                 end = base + size
                 k = base + np.int64(first[b])
-                while k < end and ws[k] != ws[k]:  # removed
+                while k < end and ws[k] != ws[k]:  # a hole
                     k += 1
                 first[b] = k - base
                 wfirst[b] = ws[k] if k < end else np.inf
@@ -406,7 +409,7 @@ def scan_grouped(g, xg, wmax, ws, perm, first, wfirst, size, lo, hi, big, start,
                     s = m * ws[k]
                     if s >= hi:
                         break
-                    if lo <= s:  # NaN: removed
+                    if lo <= s:  # NaN: a hole
                         idx[c] = base + perm[k]
                         aux[c] = k
                         val[c] = s
@@ -417,13 +420,27 @@ def scan_grouped(g, xg, wmax, ws, perm, first, wfirst, size, lo, hi, big, start,
 
 
 @numba.njit(nogil=True, cache=True)
-def remove_grouped(drop, sorted_index, w, alive, ws):
-    """:func:`remove_at` for a grouped layer, also marking the weights removed in ``ws`` (its
-    groups' ``first``/``wfirst`` catch up when next walked: cheaper than moving them here)."""
-    for t in range(drop.size):
+def remove_grouped(drop, sorted_index, w, alive, ws, first, size):
+    """:func:`remove_at` for a grouped layer, also removing the weights from their groups: a
+    group's lowest alive weight by moving its ``first`` past it (the usual case: a round drops
+    each group's lowest), any other by marking it NaN in ``ws``. ``wfirst`` catches up when the
+    group is next walked (cheaper than reading ``ws`` here)."""
+    n = drop.size
+    inverse = 1.0 / size
+    for t in range(n):
+        if t + _AHEAD < n:  # a drop or two per group: strides the hardware does not follow
+            prefetch(w, drop[t + _AHEAD])
+            prefetch(alive, drop[t + _AHEAD])
         w[drop[t]] = 0
         alive[drop[t]] = False
-        ws[sorted_index[t]] = np.nan
+        k = sorted_index[t]
+        b = np.int64(k * inverse)  # k // size without a division: exact after the correction
+        b += (b + 1) * size <= k
+        b -= b * size > k
+        if k - b * size == first[b]:
+            first[b] += 1
+        else:
+            ws[k] = np.nan
 
 
 # --------------------------------------------------------------------------------------------

@@ -470,7 +470,7 @@ class _Groups:
     def __init__(self, w: torch.Tensor, size: int):
         rows = w.reshape(-1, size).numpy()
         self.size = size
-        self.ws = np.empty(rows.shape, dtype=rows.dtype)  # each run's weights, ascending (removed: NaN)
+        self.ws = np.empty(rows.shape, dtype=rows.dtype)  # each run's weights, ascending (removed: before first, or NaN)
         self.perm = np.empty(rows.shape, dtype=np.uint8)  # their offsets in the run
         chunk = 1 << 16  # runs sorted at a time: the keys take 8 bytes a weight
         if rows.dtype == np.float32:
@@ -869,7 +869,7 @@ class _Survivors:
             else:
                 if sorted_index is None:  # scanned without its runs this round: find each in its run
                     sorted_index = gr.locate(drop)
-                kernels.remove_grouped(drop, sorted_index, w, alive, gr.ws)
+                kernels.remove_grouped(drop, sorted_index, w, alive, gr.ws, gr.first, gr.size)
             self.count -= drop.size
             self.layer_alive[j] -= drop.size
             if self.lists[j] is not None:

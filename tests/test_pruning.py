@@ -455,7 +455,7 @@ def test_synflow_masks_are_global_mask_of_its_scores(readout):
 
 def test_grouped_layer_removes_right_when_its_input_stops_repeating(monkeypatch):
     """A grouped Linear layer scanned without its runs (the input no longer repeats) still
-    marks the removed weights in its sorted runs, so later grouped scans skip them."""
+    removes the weights from its sorted runs, so later grouped scans skip them."""
     monkeypatch.setattr(pruning, "_GROUPED_FROM", 0)
     monkeypatch.setattr(pruning, "_ROUND_SAMPLE", 100)
     gen = torch.Generator().manual_seed(1)
@@ -471,8 +471,13 @@ def test_grouped_layer_removes_right_when_its_input_stops_repeating(monkeypatch)
         drops = live.lowest([src], 20)
         assert sorted(drops[0][0].tolist()) == sorted(order[:20])
         live.remove(drops)
-    ws = live.groups[0].ws
-    assert int(np.isnan(ws).sum()) == 80 == int((~live.alive).sum())
+    runs = live.groups[0]
+    offset = np.arange(runs.ws.size) % runs.size
+    removed = np.isnan(runs.ws) | (offset < np.repeat(runs.first, runs.size))  # a marked hole, or before its run's start
+    assert int(removed.sum()) == 80 == int((~live.alive).sum())
+    assert np.isnan(runs.ws).any() and runs.first.any()  # both ways of removal were taken
+    position = np.arange(runs.ws.size) - offset + runs.perm  # the layer position of each sorted entry
+    assert sorted(position[removed].tolist()) == np.flatnonzero(~live.alive.numpy()).tolist()
 
 
 def test_synflow_names_the_layer_whose_alive_scores_are_not_finite():
