@@ -12,10 +12,16 @@ every time is the best of N runs.
     .venv/bin/python bench/bench_pruning.py --threads 1                  # every method, both archs
     .venv/bin/python bench/bench_pruning.py --threads 1 --methods SynFlow --repeats 2
     .venv/bin/python bench/bench_pruning.py --threads 1 --methods SynFlow --archs vgg16 --profile
+    .venv/bin/python bench/bench_pruning.py --threads 1 --phases        # SynFlow's wall time by phase
+
+``--phases`` times SynFlow's phases by wall clock (wrapped functions; no profiler's per-call
+cost, which inflates the many small Python calls of ResNet-34's forward).
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import cProfile
 import pstats
 import time
@@ -23,6 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from lib import kernels, pruning
 from lib.models import build_model, prunable_layers
 from lib.pruning import global_mask, prune
 
@@ -65,6 +72,63 @@ def plain_passes(arch: str, passes: int, device: str) -> tuple[float, float]:
     return wall, cpu
 
 
+# SynFlow's phases, disjoint parts of a prune: (label, owner, attribute(s), parts of it alike).
+PHASES = [
+    ("forward passes (functional_call)", torch.func, "functional_call", []),
+    ("backward passes (autograd.grad)", torch.autograd, "grad", []),
+    ("selection (_Survivors.lowest)", pruning._Survivors, "lowest", [
+        ("the classifier's runs: scans", kernels, "scan_grouped"),
+        ("other layers' scans", kernels, ("scan_dense", "scan_outer", "scan_listed", "scan_csr"))]),
+    ("removal (_Survivors.remove)", pruning._Survivors, "remove", [
+        ("the classifier's runs: removal", kernels, "remove_grouped")]),
+    ("layers' round set-up (_Survivors.layer)", pruning._Survivors, "layer", [
+        ("the classifier's runs: building them", pruning._Groups, "__init__")]),
+    ("flat copy of the weights (_Survivors.__init__)", pruning._Survivors, "__init__", []),
+    ("applying the masks (apply_masks)", pruning, "apply_masks", []),
+]
+
+
+@contextlib.contextmanager
+def wall_clocks(phases):
+    """Wrap each phase's functions to add their wall time to a Counter (yielded), by label."""
+    seconds, undo = collections.Counter(), []
+    for label, owner, names in phases:
+        for name in [names] if isinstance(names, str) else names:
+            fn = getattr(owner, name)
+
+            def timed_fn(*args, _fn=fn, _label=label, **kw):
+                t = time.perf_counter()
+                try:
+                    return _fn(*args, **kw)
+                finally:
+                    seconds[_label] += time.perf_counter() - t
+
+            setattr(owner, name, timed_fn)
+            undo.append((owner, name, fn))
+    try:
+        yield seconds
+    finally:
+        for owner, name, fn in undo:
+            setattr(owner, name, fn)
+
+
+def synflow_phases(arch: str, density: float, rounds: int, batch, device: str) -> None:
+    """Print SynFlow's wall time on ``arch`` by phase (the second of two runs: numba warm)."""
+    wrapped = [(label, owner, names) for label, owner, names, _ in PHASES]
+    wrapped += [part for *_, parts in PHASES for part in parts]
+    for _ in range(2):
+        model = build_model(arch, seed=1).to(device)
+        with wall_clocks(wrapped) as seconds:
+            total, _, _ = timed(lambda: prune(model, "SynFlow", density, batches=[batch], seed=1, **method_options("SynFlow", rounds)))
+        del model
+    print(f"\nSynFlow {arch}: {total:.1f} s")
+    for label, _, _, parts in PHASES:
+        print(f"  {label:<52} {seconds[label]:6.2f}")
+        for part, _, _ in parts:
+            print(f"    {part:<50} {seconds[part]:6.2f}")
+    print(f"  {'the rest':<52} {total - sum(seconds[label] for label, *_ in PHASES):6.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", nargs="+", default=["resnet34", "vgg16"])
@@ -76,12 +140,17 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=1, help="report the best of this many runs of everything")
     ap.add_argument("--profile", action="store_true", help="instead: a cProfile of each method's prune (no yardstick)")
+    ap.add_argument("--phases", action="store_true", help="instead: SynFlow's wall time by phase (no yardstick)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     batch = (torch.randn(32, 3, 32, 32, generator=gen), torch.randint(0, 10, (32,), generator=gen))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, density {args.density}, rounds {args.rounds}")
+    if args.phases:
+        for arch in args.archs:
+            synflow_phases(arch, args.density, args.rounds, batch, args.device)
+        return
     if args.profile:
         for arch in args.archs:
             for method in args.methods:

@@ -3,8 +3,9 @@
 ``lib.kernels.scan_grouped`` reads one value per sorted run (a row's 49 weights that share an
 input value) and walks a run only while its scores are below the round's bracket. This runs
 SynFlow on full-size VGG-16 (density 0.05, 100 rounds, one thread) with the scan wrapped, and
-prints every tenth round: the share of runs walked, of those whose first weight was removed
-in an earlier round (walked to catch up), the hits, and the hits per walked run.
+prints every tenth round: the share of runs walked, of those whose start moved since their last
+walk (a removal moved ``first`` without reading the new value, so ``wfirst`` is stale: walked
+to catch up), the hits, and the hits per walked run.
 
     .venv/bin/python bench/bench_synflow_runs.py
 """
@@ -26,14 +27,15 @@ from lib.pruning import compute_masks  # noqa: E402
 
 @numba.njit
 def walked_runs(g, xg, ws, first, wfirst, size, hi):
-    """(runs the scan walks, of which whose first weight has been removed) for bracket ``hi``."""
+    """(runs the scan walks, of which whose ``wfirst`` is stale) for bracket ``hi``."""
     per_row, walked, stale = xg.size, 0, 0
     for b in range(first.size):
         i = b // per_row
         if (g[i] * xg[b - i * per_row]) * wfirst[b] < hi:
             walked += 1
             k = b * size + first[b]
-            stale += ws[k] != ws[k]
+            # a hole, the start moved, or the run emptied by removal
+            stale += first[b] == size or ws[k] != ws[k] or ws[k] != wfirst[b]
     return walked, stale
 
 
@@ -46,7 +48,7 @@ def main() -> pd.DataFrame:
             walked, stale = walked_runs(g, xg, ws, first, wfirst, size, hi)
         out = scan(g, xg, wmax, ws, perm, first, wfirst, size, lo, hi, big, start, idx, aux, val, c)
         if start == 0 and lo == -float("inf"):
-            rows.append({"runs walked %": 100 * walked / first.size, "first removed %": 100 * stale / first.size,
+            rows.append({"runs walked %": 100 * walked / first.size, "start moved %": 100 * stale / first.size,
                          "hits": out[0] - c, "hits per walked run": (out[0] - c) / max(walked, 1)})
         return out
 
