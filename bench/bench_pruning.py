@@ -23,6 +23,7 @@ import argparse
 import collections
 import contextlib
 import cProfile
+import functools
 import pstats
 import time
 
@@ -116,11 +117,13 @@ def synflow_phases(arch: str, density: float, rounds: int, batch, device: str) -
     """Print SynFlow's wall time on ``arch`` by phase (the second of two runs: numba warm)."""
     wrapped = [(label, owner, names) for label, owner, names, _ in PHASES]
     wrapped += [part for *_, parts in PHASES for part in parts]
+    def run(model):
+        return prune(model, "SynFlow", density, batches=[batch], seed=1, **method_options("SynFlow", rounds))
+
     for _ in range(2):
-        model = build_model(arch, seed=1).to(device)
+        model = build_model(arch, seed=1).to(device)  # not timed
         with wall_clocks(wrapped) as seconds:
-            total, _, _ = timed(lambda: prune(model, "SynFlow", density, batches=[batch], seed=1, **method_options("SynFlow", rounds)))
-        del model
+            total, _, _ = timed(functools.partial(run, model))
     print(f"\nSynFlow {arch}: {total:.1f} s")
     for label, _, _, parts in PHASES:
         print(f"  {label:<52} {seconds[label]:6.2f}")
