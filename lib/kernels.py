@@ -16,6 +16,8 @@ bit-identical to one over torch-computed scores.
   most as many as asked: the latest of a large tie at the threshold.
 * ``sample_*`` (the bracket's strided sample), ``remove_*``, ``compact_*`` (lists of alive
   weights), ``write_*`` (every score, for :func:`lib.pruning.score`).
+* ``prefetch``: LLVM's prefetch hint, for the grouped loops, whose next addresses follow no
+  stride the hardware learns.
 
 The scans and collects take ``big`` (the dtype's largest finite value) and report ``ok``: False
 if any score seen was above ``big`` or NaN (the caller then checks the alive ones). They append
@@ -370,8 +372,9 @@ def scan_grouped(g, xg, wmax, ws, perm, first, wfirst, size, lo, hi, big, start,
 
     ``g``: the output gradient; ``xg``: one input value per group of a row; ``wmax``: each
     row's largest initial weight (for the range check); ``ws``: each group's weights sorted,
-    removed ones before ``first`` or NaN; ``perm``: their offsets in the group. ``idx`` gets layer positions and
-    ``aux`` their index in ``ws``; group by group (ascending between groups, by score within).
+    removed ones before ``first`` or NaN; ``perm``: their offsets in the group. ``idx`` gets
+    layer positions and ``aux`` their index in ``ws``; group by group (ascending between
+    groups, by score within).
 
     A walk moves ``first`` past NaN holes and sets ``wfirst``; until a group is next walked its
     ``wfirst`` may be a removed weight's value, no larger than the alive ones, so a group is
@@ -393,7 +396,7 @@ def scan_grouped(g, xg, wmax, ws, perm, first, wfirst, size, lo, hi, big, start,
         while b < row_end and idx.size - c >= size:
             ahead = b + _AHEAD
             if ahead < nblocks:  # the group walked _AHEAD steps on starts at no fixed stride
-                k = ahead * size + np.int64(first[ahead])
+                k = ahead * size + np.int64(first[ahead])  # an emptied group's: the next one's (a hint never faults)
                 prefetch(ws, k)
                 prefetch(perm, k)
             m = gi * xg[b - i * per_row]
