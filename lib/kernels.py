@@ -40,6 +40,7 @@ __all__ = [
     "collect_dense", "collect_outer", "collect_listed_dense", "collect_csr",
     "sample_dense", "sample_outer", "sample_listed", "sample_csr",
     "remove_at", "remove_grouped", "compact_listed", "compact_csr", "write_dense", "write_outer",
+    "run_keys", "run_split", "pick", "prefetch",
 ]
 
 

@@ -474,12 +474,12 @@ class _Groups:
         self.perm = np.empty(rows.shape, dtype=np.uint8)  # their offsets in the run
         chunk = 1 << 16  # runs sorted at a time: the keys take 8 bytes a weight
         if rows.dtype == np.float32:
+            from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
+
             buffer = np.empty(min(chunk, rows.shape[0]) * size, dtype=np.uint64)  # reused: no new pages per chunk
         for r in range(0, rows.shape[0], chunk):
             block, out = rows[r : r + chunk], slice(r, r + chunk)
             if block.dtype == np.float32:  # w >= 0 orders as its bits: sort integer keys (4x argsort's pace)
-                from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
-
                 keys = buffer[: block.size].reshape(block.shape)
                 kernels.run_keys(block.reshape(-1), size, keys.reshape(-1))
                 keys.sort(axis=1)
