@@ -33,7 +33,10 @@ watchdog prints the summary and ends the run (exit status 3). In the order run:
    at once, so the grid's GPU-hours are its images over the aggregate rate.
 6. torch.compile of the masked (then bare) steps, each in a ``--worker`` subprocess (a compile
    that hangs is killed with its process group at the deadline; one that fails is a row with
-   its error). Compiling takes a minute or more per model, so it alternates with the
+   its error). ``--compile`` picks the configs and their order, and the mode:
+   ``reduce-overhead`` replays CUDA graphs (fewer kernel launches from the host). The row counts
+   the graphs compiled after the warm-up and after timing (more after timing: it recompiled
+   while timed), the graph breaks and their most common reason, and CUDA-graph skips. Compiling takes a minute or more per model, so it alternates with the
    concurrency configs after the cheaper parts, rather than coming right after 2.
 
 The last thing printed is a summary (the device tool returns only the tail of the output).
@@ -43,6 +46,8 @@ and the tee'd log.txt).
     PYTHONUNBUFFERED=1 python3 bench/bench_gpu.py --out $OUT --deadline 400 2>&1 | tee $OUT/log.txt
     python bench/bench_gpu.py --tiny --out /tmp/gpu_tiny --deadline 150   # CPU test: width 1/16, batch 32
     python bench/bench_gpu.py --tiny --out /tmp/t --skip compile concurrency  # tasks whose name has a word
+    python3 bench/bench_gpu.py --out $OUT --skip bench_train epoch check concurrency \
+        --compile resnet34/masked/fp32/reduce-overhead resnet34/masked/fp32/default  # eager + these compiles
 """
 from __future__ import annotations
 
@@ -298,13 +303,13 @@ class Step:
 
 
 def make_step(arch: str, *, masked: bool, bf16: bool, sizes: Sizes, device: torch.device,
-              model: torch.nn.Module | None = None, compile_model: bool = False) -> Step:
+              model: torch.nn.Module | None = None, compile_mode: str | None = None) -> Step:
     model = model if model is not None else base_model(arch, masked, sizes.width)
     splits = synthetic_splits(sizes.block_steps * sizes.batch)
     settings = TrainSettings(batch_size=sizes.batch, bf16=bf16)
     loop = T._start(model, splits, settings, seed=0, device=device, num_threads=None)
-    if compile_model:
-        loop.model = torch.compile(loop.model)
+    if compile_mode is not None:  # "default", or "reduce-overhead": replayed CUDA graphs
+        loop.model = torch.compile(loop.model, mode=compile_mode)
     return Step(loop, masked)
 
 
@@ -652,12 +657,12 @@ def _check_runs(ctx: Context, bf16: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------ workers
-def worker_spec(ctx: Context, ctl: Path, i: int, arch: str, bf16: bool, *, compile_model: bool, threads: int,
+def worker_spec(ctx: Context, ctl: Path, i: int, arch: str, bf16: bool, *, compile_mode: str | None, threads: int,
                 block_steps: int, masked: bool = True) -> Path:
-    spec = {"id": i, "arch": arch, "masked": masked, "bf16": bf16, "compile": compile_model,
+    spec = {"id": i, "arch": arch, "masked": masked, "bf16": bf16, "compile_mode": compile_mode,
             "block_steps": block_steps,
             "sizes": dataclasses.asdict(ctx.sizes), "device": str(ctx.device), "threads": threads,
-            "warmup_blocks": 2 if compile_model else 1,  # compile: a recompile may follow the first call
+            "warmup_blocks": 1 if compile_mode is None else 2,  # compile: a recompile may follow the first call
             "ready": str(ctl / f"ready{i}.json"), "phases": str(ctl / "phases.json"),
             "result": str(ctl / f"result{i}.json"), "give_up_at": time.time() + ctx.budget.left() + 30}
     return write_json(ctl / f"spec{i}.json", spec)
@@ -751,7 +756,7 @@ def worker_main(spec_path: str) -> int:
         torch.device(spec["device"])
     start = time.time()
     step = make_step(spec["arch"], masked=spec["masked"], bf16=spec["bf16"], sizes=sizes, device=device,
-                     compile_model=spec["compile"])
+                     compile_mode=spec["compile_mode"])
     for _ in range(spec["warmup_blocks"]):
         step.block(sizes.warmup_steps)
     warmup_s = time.time() - start
@@ -759,7 +764,7 @@ def worker_main(spec_path: str) -> int:
     step.block(spec["block_steps"])
     block_s = time.time() - block_start
     reset_memory(device, release=False)
-    write_json(spec["ready"], {"warmup_s": warmup_s, "block_s": block_s})
+    write_json(spec["ready"], {"warmup_s": warmup_s, "block_s": block_s, **dynamo_stats("warmup")})
     while not os.path.exists(spec["phases"]):
         if time.time() > spec["give_up_at"]:
             return 1
@@ -771,8 +776,26 @@ def worker_main(spec_path: str) -> int:
         time.sleep(max(0.0, phase["start"] - time.time()))
         blocks = run_until(step, spec["block_steps"], phase["end"])
         counts.append({"k": phase["k"], "images": images_in_window(blocks, phase["start"], phase["end"])})
-    write_json(spec["result"], {"phases": counts, "warmup_s": warmup_s, **memory_stats(device)})
+    write_json(spec["result"], {"phases": counts, "warmup_s": warmup_s, **memory_stats(device),
+                                **dynamo_stats("timed")})
     return 0
+
+
+def dynamo_stats(when: str) -> dict:
+    """What torch.compile did so far in this process: graphs compiled (more after the warm-up
+    than before the timing means it recompiled while timed), graph breaks with their most common
+    reason, and why CUDA graphs were skipped ("reduce-overhead"); empty when nothing compiled."""
+    from torch._dynamo.utils import counters  # only once torch.compile has been used
+
+    graphs = counters["stats"].get("unique_graphs", 0)
+    if not graphs:
+        return {}
+    breaks = counters["graph_break"]
+    skips = counters["inductor"].get("cudagraph_skips", 0)
+    out = {f"graphs_{when}": graphs, f"graph_breaks_{when}": sum(breaks.values()), f"cudagraph_skips_{when}": skips}
+    if breaks:
+        out[f"graph_break_reason_{when}"] = max(breaks, key=breaks.get)[:200]
+    return out
 
 
 # ------------------------------------------------------------------------------ 4. concurrency
@@ -788,7 +811,7 @@ def part_concurrency(ctx: Context, arch: str, bf16: bool) -> None:
     procs = []
     try:
         for i in range(max(ks)):
-            spec = worker_spec(ctx, ctl, i, arch, bf16, compile_model=False, threads=threads,
+            spec = worker_spec(ctx, ctl, i, arch, bf16, compile_mode=None, threads=threads,
                                block_steps=ctx.sizes.conc_block_steps)
             procs.append(spawn(ctx, spec, ctl / f"worker{i}.log", threads))
         ready = wait_ready(procs, ctl, timeout=max(10.0, ctx.budget.left() - len(ks) * (seconds + 3)))
@@ -840,12 +863,12 @@ def part_concurrent_table(ctx: Context) -> None:
 
 
 # ------------------------------------------------------------------------------ 6. compile
-def part_compile(ctx: Context, arch: str, masked: bool, bf16: bool) -> None:
-    """torch.compile of one config, in a worker: a compile that hangs past the deadline is
-    killed with its process group, one that crashes takes only the worker with it."""
+def part_compile(ctx: Context, arch: str, masked: bool, bf16: bool, mode: str = "default") -> None:
+    """torch.compile of one config with ``mode``, in a worker: a compile that hangs past the
+    deadline is killed with its process group, one that crashes takes only the worker with it."""
     table = ctx.table("throughput")
     row = ctx.row_base(arch, variant="masked" if masked else "bare", precision=precision(bf16), compile=True,
-                       mode="compile, worker")
+                       mode="compile, worker", compile_mode=mode)
     if ctx.args.no_compile:
         table.add({**row, "status": "skipped: --no-compile"})
         return
@@ -856,7 +879,7 @@ def part_compile(ctx: Context, arch: str, masked: bool, bf16: bool) -> None:
     # Every core (also on the CPU, where inductor's C++ kernels built for one OpenMP thread
     # crashed with "corrupted size vs. prev_size" under torch 2.14).
     threads = os.cpu_count() or 1
-    spec = worker_spec(ctx, ctl, 0, arch, bf16, compile_model=True, threads=threads,
+    spec = worker_spec(ctx, ctl, 0, arch, bf16, compile_mode=mode, threads=threads,
                        block_steps=ctx.sizes.block_steps, masked=masked)
     procs = [spawn(ctx, spec, ctl / "worker0.log", threads)]
     start = time.time()
@@ -871,6 +894,8 @@ def part_compile(ctx: Context, arch: str, masked: bool, bf16: bool) -> None:
                    epoch_train_s=round(images_per_epoch(ctx.sizes.batch) / img_s, 2),
                    eager_img_s=eager_img_s(ctx, arch, row["variant"], bf16), **phase)
         row["speedup_vs_eager"] = round(img_s / row["eager_img_s"], 3)
+        row.update({k: v for k, v in ready[0].items() if k.startswith(("graph", "cudagraph"))})
+        row.update({k: v for k, v in read_json(ctl / "result0.json").items() if k.startswith(("graph", "cudagraph"))})
     except Exception as err:
         row.update(status=error_text(err), seconds_spent=round(time.time() - start, 1))
     finally:
@@ -886,9 +911,10 @@ def summary(ctx: Context) -> None:
         f"{env.get('device_name', ctx.device)} SMs {env.get('sm_count', '-')} {env.get('memory_gib', '-')} GiB | "
         f"{env.get('smi_driver_clock_power_mig', '')}")
     views = {
-        "throughput": ["arch", "variant", "precision", "compile", "mode", "status", "img_s", "epoch_train_s",
-                       "epoch1_s", "epoch2_s", "max_alloc_gib", "gpu_util_mean", "compile_warmup_s",
-                       "speedup_vs_eager"],
+        "throughput": ["arch", "variant", "precision", "compile", "mode", "compile_mode", "status", "img_s",
+                       "epoch_train_s", "epoch1_s", "epoch2_s", "max_alloc_gib", "gpu_util_mean",
+                       "compile_warmup_s", "speedup_vs_eager", "graphs_timed", "graph_breaks_timed",
+                       "cudagraph_skips_timed"],
         "checks": ["precision", "determinism", "status", "masks_ok", "pruned_nonzero_effective", "masks_changed",
                    "noise_under_mask_output_diff", "resume_exact", "resume_state_maxdiff", "rerun_exact",
                    "rerun_state_maxdiff", "resume_verdict"],
@@ -935,13 +961,30 @@ def plan(ctx: Context) -> list[tuple[str, object]]:
               for d in (False, True) for b in (False, True)]
     conc = [(f"concurrency {a} {precision(b)}", functools.partial(part_concurrency, ctx, a, b))
             for a, b in (("resnet34", False), ("resnet34", True), ("vgg16", False), ("vgg16", True))]
-    comp = [(f"compile {a} {'masked' if m else 'bare'} {precision(b)}", functools.partial(part_compile, ctx, a, m, b))
-            for a, m, b in (("resnet34", True, False), ("vgg16", True, False), ("resnet34", True, True),
-                            ("vgg16", True, True), ("resnet34", False, False), ("vgg16", False, False),
-                            ("resnet34", False, True), ("vgg16", False, True))]
-    # Concurrency and compile alternate, so a short budget gets some of each.
-    tasks += [conc[0], comp[0], conc[1], comp[1], conc[2], comp[2], conc[3], *comp[3:]]
-    return tasks
+    comp = [(f"compile {a} {v} {p} {mode}", functools.partial(part_compile, ctx, a, v == "masked", p == "bf16", mode))
+            for a, v, p, mode in ctx.args.compile]
+    # Concurrency and compile alternate (the first three of each), so a short budget gets some of each.
+    for i in range(3):
+        tasks += conc[i:i + 1] + comp[i:i + 1]
+    return tasks + conc[3:] + comp[3:]
+
+
+COMPILE_CONFIGS = tuple((a, v, p, "default") for a, v, p in (
+    ("resnet34", "masked", "fp32"), ("vgg16", "masked", "fp32"), ("resnet34", "masked", "bf16"),
+    ("vgg16", "masked", "bf16"), ("resnet34", "bare", "fp32"), ("vgg16", "bare", "fp32"),
+    ("resnet34", "bare", "bf16"), ("vgg16", "bare", "bf16")))
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_config(text: str) -> tuple[str, str, str, str]:
+    """``arch/variant/precision/mode`` (argparse type of --compile)."""
+    parts = text.split("/")
+    if len(parts) != 4 or parts[0] not in ARCHS or parts[1] not in ("masked", "bare") \
+            or parts[2] not in ("fp32", "bf16") or parts[3] not in COMPILE_MODES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give arch/variant/precision/mode with arch in {ARCHS}, variant masked or bare, "
+            f"precision fp32 or bf16, mode in {COMPILE_MODES}")
+    return tuple(parts)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -952,6 +995,9 @@ def parse(argv=None) -> argparse.Namespace:
                    help="seconds past the deadline before a task still running is cut off (exit status 3)")
     p.add_argument("--tiny", action="store_true", help="width 1/16, batch 32, a few steps: a test, CPU allowed")
     p.add_argument("--no-compile", action="store_true", help="record the torch.compile configs as skipped")
+    p.add_argument("--compile", nargs="+", type=compile_config, default=list(COMPILE_CONFIGS), metavar="A/V/P/MODE",
+                   help="torch.compile configs in the order run, e.g. resnet34/masked/fp32/reduce-overhead "
+                        "(arch/variant/precision/mode; default: the eight eager configs in mode default)")
     p.add_argument("--skip", nargs="*", default=[], metavar="WORD",
                    help="skip tasks whose name contains WORD (eager, epoch, check, concurrency, compile)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # a spec file: see worker_main
