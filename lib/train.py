@@ -7,7 +7,9 @@ detection of runs that diverge or whose mask empties a layer.
 
 Masks are the ``weight_mask`` buffers of :mod:`torch.nn.utils.prune`: its forward pre-hook
 sets ``weight = weight_orig * weight_mask``, SGD updates ``weight_orig``, and the gradient
-reaching ``weight_orig`` is already masked, so pruned weights stay exactly zero.
+reaching ``weight_orig`` is already masked. So the weights the network uses stay exactly zero
+where pruned; ``weight_orig`` itself still moves there under weight decay (SGD adds
+``weight_decay * weight_orig`` to the zero gradient), which the mask hides.
 
 A run's folder holds the files :mod:`lib.store` names: ``checkpoint.pt`` (after every epoch;
 removed when the run finishes unless ``keep_checkpoint``), ``history.csv`` (one row per epoch)
