@@ -722,9 +722,18 @@ class _Survivors:
         if x is not None and not self.outer[j] and self.sizes[j] >= _GROUPED_FROM:  # its first round
             run = _Groups.run_length(x.numpy())
             if 4 <= run <= 255:
-                self.groups[j] = _Groups(self.weights[j], run)
+                self.groups[j] = _Groups(self.weights[j].view(self.shapes[j][0], -1), run)
         self.outer[j] = x is not None
-        return _LayerScores(g, self.weights[j], self.alive_views[j], x, self.lists[j], self.groups[j])
+        w, alive = self._matrix(j)
+        return _LayerScores(g, w, alive, x, self.lists[j], self.groups[j])
+
+    def _matrix(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``j``'s weights and alive flags, as (outputs, inputs) for an outer-product layer
+        (a convolution's kernel flattened, as its unfolded input is)."""
+        if not self.outer[j]:
+            return self.weights[j], self.alive_views[j]
+        rows = self.shapes[j][0]
+        return self.weights[j].view(rows, -1), self.alive_views[j].view(rows, -1)
 
     def _collect(self, sources, lo, hi) -> list[tuple[int, int]]:
         """Scan every layer for the alive scores in ``[lo, hi)`` into ``self.band`` (emptied
@@ -875,19 +884,28 @@ class _Survivors:
             if self.lists[j] is not None:
                 self.lists[j].shrink(self.alive_views[j], self.layer_alive[j])
             elif gr is None and self.layer_alive[j] < _LIST_BELOW * self.sizes[j]:
-                self.lists[j] = _AliveList(self.alive_views[j], self.weights[j], self.outer[j])
+                w, alive = self._matrix(j)
+                self.lists[j] = _AliveList(alive, w, self.outer[j])
         if self.device_flat is not self.flat:
             flat = np.concatenate([d + off for (d, _), off in zip(drops, self.offsets)])
             self.device_flat.index_fill_(0, torch.from_numpy(flat).to(self.device_flat.device), 0.0)
 
 
-class _LinearTaps:
-    """Forward hooks on Linear layers that keep each one's input and output gradient.
+class _OuterTaps:
+    """Forward hooks that keep the input and output gradient of each layer scored by outer products.
+
+    A Linear layer run once on a batch-1 vector, and a convolution run once at batch 1 to a
+    1x1 output (ResNet-34's layer4 at 32x32: 62% of its weights), have a weight gradient that
+    is one product per weight: ``g_i x_j``, with ``x`` the input (a convolution's unfolded
+    input window: its zero padding gives the exactly-zero gradient of the outer taps). Such a
+    layer's gradient is never materialised: its weights take no gradient, and its scores are
+    computed where they are read. A convolution qualifies only on torch's native ("slow")
+    backend, where the gradient is a plain matrix product (one term a weight at a 1x1 output).
 
     The output gradient comes from a tensor hook registered on the output before any later
     in-place op (VGG's ``ReLU(inplace=True)``): it receives the gradient of the output as the
-    layer produced it. ``probe`` records which layers run exactly once on a batch-1 matrix
-    (only those can use :class:`_OuterScores`) and whether each one's input needs gradients.
+    layer produced it. ``probe`` records which layers qualify and whether each one's input
+    needs gradients.
     """
 
     def __init__(self, modules: dict[str, nn.Module]):
@@ -897,29 +915,48 @@ class _LinearTaps:
         self._probe: dict[str, list] | None = None
         self._handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
 
+    @staticmethod
+    def _fits(module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> bool:
+        if isinstance(module, nn.Linear):
+            return x.dim() == 2 and x.shape[0] == 1
+        if type(module).forward is not nn.Conv2d.forward:  # a subclass may change what the weight does
+            return False
+        if x.dim() != 4 or x.shape[0] != 1 or output.shape[-2:].numel() != 1 or module.groups != 1 \
+                or module.padding_mode != "zeros" or isinstance(module.padding, str):
+            return False
+        backend = torch._C._select_conv_backend(x, module.weight, module.bias, list(module.stride),
+                                                list(module.padding), list(module.dilation), False, [0, 0], 1, None)
+        return backend == torch._C._ConvBackend.Slow2d
+
+    @staticmethod
+    def _window(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input as its weight gradient's columns see it: ``|x|`` (Linear), or the
+        unfolded window of a convolution's one output position, padding included."""
+        if isinstance(module, nn.Conv2d):
+            x = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        return x.detach().reshape(-1).abs()
+
     def _hook(self, name):
         def forward(module, inputs, output):
             x = inputs[0]
             if self._probe is not None:
-                self._probe.setdefault(name, []).append((x.dim() == 2 and x.shape[0] == 1, x.requires_grad))
+                self._probe.setdefault(name, []).append((self._fits(module, x, output), x.requires_grad))
             if name in self.tapped:
-                self.inputs[name] = x.detach().reshape(-1).abs()
+                self.inputs[name] = self._window(module, x)
                 if output.requires_grad:
                     output.register_hook(lambda g: self.grads.__setitem__(name, g.detach().reshape(-1).abs()))
 
         return forward
 
-    def probe(self, run) -> tuple[set[str], bool]:
-        """Run ``run()`` once; return (layers fit for outer-product scores, whether the input needs grad)."""
+    def probe(self, run) -> dict[str, list[tuple[bool, bool]]]:
+        """Run ``run()`` once; per tapped layer and call: (whether it fits, whether its input needs grad)."""
         self._probe = {}
         try:
             with torch.enable_grad():
                 run()
-            calls = self._probe
+            return self._probe
         finally:
             self._probe = None
-        fit = {n for n, c in calls.items() if len(c) == 1 and c[0][0]}
-        return fit, any(not calls[n][0][1] for n in fit)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -961,15 +998,25 @@ def _synflow_rounds(model, density, batches, device, rounds, progress, input_sha
     tensors = _tensors(model, dtype, absolute=True, raw=weight_names)  # every parameter AND buffer replaced by |.|
     live = _Survivors(names, [tensors.pop(f"{n}.weight") for n in names], device, absolute=True)  # private copies, masked
     x = torch.ones((1, *input_shape), dtype=dtype, device=device)
-    taps = _LinearTaps({n: m for n, m in layers.items() if isinstance(m, nn.Linear)})
+    taps = _OuterTaps({n: m for n, m in layers.items() if isinstance(m, (nn.Linear, nn.Conv2d))})
     try:
         weights = live.device_weights
         leaves = {n: w.detach().requires_grad_() for n, w in zip(names, weights) if not isinstance(layers[n], nn.Linear)}
         tensors.update({f"{n}.weight": leaves.get(n, w) for n, w in zip(names, weights)})
-        outer, input_grad = taps.probe(lambda: torch.func.functional_call(model, tensors, (x,)))
+        run = functools.partial(torch.func.functional_call, model, tensors, (x,))
+        calls = taps.probe(run)  # convolutions are leaves while probed
+        outer = {n for n, c in calls.items() if len(c) == 1 and c[0][0]}
         for n, w in zip(names, weights):
-            if n not in leaves and n not in outer:  # a Linear layer run twice, or on more than a vector
+            if n in outer:  # scored by outer products: its weights take no gradient
+                leaves.pop(n, None)
+                tensors[f"{n}.weight"] = w
+            elif n not in leaves:  # a Linear layer run twice, or on more than a vector
                 leaves[n] = tensors[f"{n}.weight"] = w.detach().requires_grad_()
+        # An outer layer with no leaf upstream needs the input to take a gradient, or its output
+        # has none to hook. The probe's answer holds for the final leaves too: if a layer's
+        # input lost its gradient with them, the first outer layer upstream of it had none
+        # while probed (nothing before it was a leaf then either).
+        input_grad = any(not calls[n][0][1] for n in outer)
         taps.tapped = outer
         inputs = list(leaves.values()) + ([x.requires_grad_()] if input_grad else [])
         scores = None

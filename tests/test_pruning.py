@@ -370,6 +370,48 @@ def test_synflow_on_linear_layers_run_twice_on_3d_inputs_or_first(readout):
     assert same_masks(got, synflow_reference(mlp, 0.2, 3, readout, input_shape=(12,)))
 
 
+class OneByOne(nn.Module):
+    """Convolutions with a 1x1 output at batch 1 (scored by outer products: no weight gradient)
+    beside one that is grouped (it keeps its gradient); the first has nothing upstream that
+    takes a gradient, so the input must take one."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(5)
+        self.a = nn.Conv2d(3, 6, 3)  # 3x3 -> 1x1
+        self.b = nn.Conv2d(6, 8, 3, padding=1)  # 1x1 -> 1x1: 8 of 9 taps see the padding
+        self.c = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.d = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(4, 10)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.fc(torch.relu(self.d(self.c(h))).flatten(1))
+
+
+@pytest.mark.parametrize("readout", ["sum", "log_softmax"])
+def test_synflow_scores_convolutions_at_a_1x1_output_by_outer_products(monkeypatch, readout):
+    taps = []
+
+    class Spy(pruning._OuterTaps):
+        def __init__(self, modules):
+            super().__init__(modules)
+            taps.append(self)
+
+    monkeypatch.setattr(pruning, "_OuterTaps", Spy)
+    model = OneByOne()
+    got = compute_masks(model, "SynFlow", 0.3, rounds=4, progress=False, readout=readout, input_shape=(3, 3, 3))
+    assert taps[-1].tapped == {"a", "b", "d", "fc"}
+    assert same_masks(got, synflow_reference(model, 0.3, 4, readout, input_shape=(3, 3, 3)))
+    resnet = build_model("resnet34", width=0.0625, seed=1)  # layer4 runs at 1x1 from a 32x32 input
+    got = compute_masks(resnet, "SynFlow", 0.1, rounds=3, progress=False, readout=readout)
+    assert taps[-1].tapped == {n for n in prunable_layers(resnet) if n.startswith("layer4.")} | {"fc"}
+    assert same_masks(got, synflow_reference(resnet, 0.1, 3, readout))
+
+
 def test_synflow_log_softmax_readout_scores_match_autograd_in_round_one():
     model = tiny()
     ref = copy.deepcopy(model).eval()
