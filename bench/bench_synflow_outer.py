@@ -17,6 +17,7 @@ import time
 import warnings
 
 import torch
+from bench_pruning import wall_clocks  # this folder: sys.path[0] when run as bench/bench_synflow_outer.py
 from torch import nn
 
 from lib import pruning
@@ -35,17 +36,6 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", pruning.LayerCollapseWarning)  # narrow models at low density collapse layers
-
-    seconds: dict[str, float] = collections.defaultdict(float)
-    for name, owner, attr in PHASES:  # wall clock of each phase, summed over the rounds
-        def timed(*a, _f=getattr(owner, attr), _name=name, **k):
-            start = time.perf_counter()
-            try:
-                return _f(*a, **k)
-            finally:
-                seconds[_name] += time.perf_counter() - start
-
-        setattr(owner, attr, timed)
     fits = pruning._OuterTaps._fits
 
     def linear_only(module, x, output):
@@ -61,10 +51,10 @@ def main(argv=None) -> None:
     for rep in range(args.repeats):
         for way in (("before", "after") if rep % 2 == 0 else ("after", "before")):
             pruning._OuterTaps._fits = ways[way]
-            seconds.clear()
-            start = time.perf_counter()
-            masks = pruning.compute_masks(model, "SynFlow", args.density, rounds=args.rounds, progress=False)
-            total = time.perf_counter() - start
+            with wall_clocks(PHASES) as seconds:  # each phase's wall clock, summed over the rounds
+                start = time.perf_counter()
+                masks = pruning.compute_masks(model, "SynFlow", args.density, rounds=args.rounds, progress=False)
+                total = time.perf_counter() - start
             totals[way].append(total)
             first = first or masks
             if not all(torch.equal(masks[n], first[n]) for n in first):
