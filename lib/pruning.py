@@ -719,12 +719,13 @@ class _Survivors:
 
     def layer(self, j: int, g: torch.Tensor, x: torch.Tensor | None = None) -> _LayerScores:
         """Layer ``j``'s scores this round, from its weight gradient (or output gradient and input)."""
-        if x is not None and not self.outer[j] and self.sizes[j] >= _GROUPED_FROM:  # its first round
-            run = _Groups.run_length(x.numpy())
-            if 4 <= run <= 255:
-                self.groups[j] = _Groups(self.weights[j].view(self.shapes[j][0], -1), run)
+        first = x is not None and not self.outer[j]  # its first round scored by outer products
         self.outer[j] = x is not None
         w, alive = self._matrix(j)
+        if first and self.sizes[j] >= _GROUPED_FROM:
+            run = _Groups.run_length(x.numpy())
+            if 4 <= run <= 255:
+                self.groups[j] = _Groups(w, run)
         return _LayerScores(g, w, alive, x, self.lists[j], self.groups[j])
 
     def _matrix(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
