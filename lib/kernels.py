@@ -5,7 +5,9 @@ band (below a bracket of the threshold: a few % of them). Built from torch opera
 takes five to eight passes over the scores (multiply, abs, compare, and with the alive flags,
 nonzero, gather) and a materialised score tensor; these loops compute each score where it is
 read and keep the few that qualify, in one pass. They compute a score exactly as torch does
-(``|g| * w``; ``(g_i * x_j) * w_ij`` for a Linear layer at batch 1), so the selection is
+(``|g| * w``; for a layer whose weight gradient is a product of two small matrices, the
+output gradient ``g`` (``out x P``) and the input ``x`` (``P x in``), ``(sum_p g_ip x_pj) * w_ij``
+summed as the BLAS kernel behind autograd sums it, see :func:`fma`), so the selection is
 bit-identical to one over torch-computed scores.
 
 * ``scan_*`` (the round's main pass): the alive weights scoring in a band ``lo <= score < hi``
@@ -40,7 +42,7 @@ __all__ = [
     "collect_dense", "collect_outer", "collect_listed_dense", "collect_csr",
     "sample_dense", "sample_outer", "sample_listed", "sample_csr",
     "remove_at", "remove_grouped", "compact_listed", "compact_csr", "write_dense", "write_outer",
-    "run_keys", "run_split", "pick", "prefetch",
+    "run_keys", "run_split", "pick", "prefetch", "fma",
 ]
 
 
@@ -61,6 +63,30 @@ def prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return types.void(array, index), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """``a * b + c`` rounded once (LLVM's ``fma``): how a BLAS kernel (MKL's sgemm here, checked
+    at run time by :func:`lib.pruning._sums_as_fma`) accumulates each product of a matrix product."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return a(a, b, c), codegen
+
+
+@numba.njit(inline="always")
+def _gradient(g, x, i, j):
+    """Entry ``(i, j)`` of the weight gradient ``g @ x`` (``g``: ``out x P``, ``x``: ``P x in``),
+    its ``P`` products accumulated in order, each fused into the sum: ``g[i, 0] * x[0, j]``
+    alone when ``P`` is 1 (a Linear layer at batch 1)."""
+    s = g[i, 0] * x[0, j]
+    for p in range(1, g.shape[1]):
+        s = fma(g[i, p], x[p, j], s)
+    return s
 
 
 @numba.njit(nogil=True, cache=True)
@@ -84,20 +110,19 @@ def collect_dense(g, w, alive, lo, hi, start, big, idx, val):
 
 @numba.njit(nogil=True, cache=True)
 def collect_outer(g, x, w, alive, lo, hi, start, big, idx, val):
-    """A Linear layer at batch 1, its weight gradient the outer product of its output gradient
-    ``g`` (``out``) and input ``x`` (``in``), both ``>= 0``: the score of flat position
-    ``p = i * in + j`` is ``(g[i] * x[j]) * w[p]``, rounded as autograd's gradient times ``w``
-    is (``w`` and ``alive`` flat); ``idx`` gets ``p``."""
-    cols, cap = x.size, idx.size
+    """A layer whose weight gradient is the product of its output gradient ``g`` (``out x P``)
+    and input ``x`` (``P x in``), both ``>= 0``, ``P`` small (a Linear layer at batch 1: an outer
+    product): the score of flat position ``p = i * in + j`` is ``_gradient(g, x, i, j) * w[p]``,
+    rounded as autograd's gradient times ``w`` is (``w`` and ``alive`` flat); ``idx`` gets ``p``."""
+    cols, cap = x.shape[1], idx.size
     c = 0
     ok = True
     i = start // cols
     first = start - i * cols
-    while i < g.size:
-        gi = g[i]
+    while i < g.shape[0]:
         base = i * cols
         for j in range(first, cols):
-            s = (gi * x[j]) * w[base + j]
+            s = _gradient(g, x, i, j) * w[base + j]
             if not s <= big:
                 ok = False
             if (alive[base + j] != 0) & (lo <= s) & (s < hi):
@@ -108,7 +133,7 @@ def collect_outer(g, x, w, alive, lo, hi, start, big, idx, val):
                     return c, base + j + 1, ok
         first = 0
         i += 1
-    return c, g.size * cols, ok
+    return c, g.shape[0] * cols, ok
 
 
 @numba.njit(nogil=True, cache=True)
@@ -137,16 +162,15 @@ def collect_csr(g, x, rowptr, cols, wl, alive, lo, hi, start, big, idx, val):
     """:func:`collect_outer` over a list of a Linear layer's weights in compressed rows: row
     ``i``'s entries are ``rowptr[i]:rowptr[i + 1]``, with columns ``cols`` and values ``wl``;
     ``start`` counts entries, and ``idx`` gets flat positions."""
-    n, cap, width = rowptr[-1], idx.size, x.size
+    n, cap, width = rowptr[-1], idx.size, x.shape[1]
     c = 0
     ok = True
     i = np.searchsorted(rowptr, start, side="right") - 1
     first = start
     while first < n:
-        gi = g[i]
         base = i * width
         for k in range(first, rowptr[i + 1]):
-            s = (gi * x[cols[k]]) * wl[k]
+            s = _gradient(g, x, i, cols[k]) * wl[k]
             if not s <= big:
                 ok = False
             p = base + cols[k]
@@ -225,6 +249,20 @@ def _flag_outer(gi, x, w, alive, lo, hi, big, flags):
 
 
 @numba.njit(nogil=True, cache=True)
+def _window_sums(g, i, x, j, e, acc):
+    """Row ``i``'s gradient at columns ``j:e`` into ``acc`` (as :func:`_gradient`), a term at a
+    time over the block: loops over contiguous rows, which LLVM vectorises."""
+    n = e - j
+    gp, xp = g[i, 0], x[0][j:e]
+    for k in range(n):
+        acc[k] = gp * xp[k]
+    for p in range(1, g.shape[1]):
+        gp, xp = g[i, p], x[p][j:e]
+        for k in range(n):
+            acc[k] = fma(gp, xp[k], acc[k])
+
+
+@numba.njit(nogil=True, cache=True)
 def _flag_listed(g, pos, wl, alive, lo, hi, big, flags):
     bad = np.uint8(0)
     for k in range(wl.size):
@@ -243,6 +281,25 @@ def _flag_csr(gi, x, cols, wl, alive, lo, hi, big, flags):
         s = (gi * x[j]) * wl[k]
         bad |= np.uint8(not (s <= big))
         flags[k] = np.uint8(alive[j] != 0) & np.uint8(lo <= s) & np.uint8(s < hi)
+    return bad
+
+
+@numba.njit(nogil=True, cache=True)
+def _flag_csr_sums(g, i, x, cols, wl, alive, lo, hi, big, flags, acc):
+    """:func:`_flag_csr` for a row whose gradient is a sum of products (:func:`_window_sums`)."""
+    n = wl.size
+    gp, xp = g[i, 0], x[0]
+    for k in range(n):
+        acc[k] = gp * xp[cols[k]]
+    for p in range(1, g.shape[1]):
+        gp, xp = g[i, p], x[p]
+        for k in range(n):
+            acc[k] = fma(gp, xp[cols[k]], acc[k])
+    bad = np.uint8(0)
+    for k in range(n):
+        s = acc[k] * wl[k]
+        bad |= np.uint8(not (s <= big))
+        flags[k] = np.uint8(alive[cols[k]] != 0) & np.uint8(lo <= s) & np.uint8(s < hi)
     return bad
 
 
@@ -284,8 +341,9 @@ def scan_dense(g, w, alive, lo, hi, big, start, idx, val, c):
 @numba.njit(nogil=True, cache=True)
 def scan_outer(g, x, w, alive, lo, hi, big, start, idx, val, c):
     """:func:`collect_outer` by blocks of a row: flat positions from ``start``."""
-    cols = x.size
+    cols = x.shape[1]
     flags = np.zeros(BLOCK, np.uint8)
+    acc = np.empty(BLOCK, w.dtype)
     bad = np.uint8(0)
     p = start
     while p < w.size and idx.size - c >= BLOCK:
@@ -293,14 +351,17 @@ def scan_outer(g, x, w, alive, lo, hi, big, start, idx, val, c):
         base = i * cols
         j = p - base
         e = min(j + BLOCK, cols)
-        gi = g[i]
-        bad |= _flag_outer(gi, x[j:e], w[base + j : base + e], alive[base + j : base + e], lo, hi, big, flags)
+        if g.shape[1] == 1:  # an outer product
+            bad |= _flag_outer(g[i, 0], x[0][j:e], w[base + j : base + e], alive[base + j : base + e], lo, hi, big, flags)
+        else:  # |sum| * w = sum * w: sums >= 0
+            _window_sums(g, i, x, j, e, acc)
+            bad |= _flag_dense(acc[: e - j], w[base + j : base + e], alive[base + j : base + e], lo, hi, big, flags)
         c0 = c
         c = _flagged(flags, e - j, idx, c)
         for t in range(c0, c):
             q = j + idx[t]
             idx[t] = base + q
-            val[t] = (gi * x[q]) * w[base + q]
+            val[t] = _gradient(g, x, i, q) * w[base + q]
         p = base + e
     return c, p, bad == 0
 
@@ -328,8 +389,9 @@ def scan_listed(g, pos, wl, alive, lo, hi, big, start, idx, val, c):
 @numba.njit(nogil=True, cache=True)
 def scan_csr(g, x, rowptr, cols, wl, alive, lo, hi, big, start, idx, val, c):
     """:func:`collect_csr` by blocks of a row: ``start`` counts entries."""
-    n, width = rowptr[-1], x.size
+    n, width = rowptr[-1], x.shape[1]
     flags = np.zeros(BLOCK, np.uint8)
+    acc = np.empty(BLOCK, wl.dtype)
     bad = np.uint8(0)
     i = np.searchsorted(rowptr, start, side="right") - 1
     k = start
@@ -337,15 +399,17 @@ def scan_csr(g, x, rowptr, cols, wl, alive, lo, hi, big, start, idx, val, c):
         while rowptr[i + 1] <= k:  # rows with no entry left
             i += 1
         e = min(k + BLOCK, rowptr[i + 1])
-        gi = g[i]
         base = i * width
-        bad |= _flag_csr(gi, x, cols[k:e], wl[k:e], alive[base : base + width], lo, hi, big, flags)
+        if g.shape[1] == 1:
+            bad |= _flag_csr(g[i, 0], x[0], cols[k:e], wl[k:e], alive[base : base + width], lo, hi, big, flags)
+        else:
+            bad |= _flag_csr_sums(g, i, x, cols[k:e], wl[k:e], alive[base : base + width], lo, hi, big, flags, acc)
         c0 = c
         c = _flagged(flags, e - k, idx, c)
         for t in range(c0, c):
             q = k + idx[t]
             idx[t] = base + cols[q]
-            val[t] = (gi * x[cols[q]]) * wl[q]
+            val[t] = _gradient(g, x, i, cols[q]) * wl[q]
         k = e
     return c, k, bad == 0
 
@@ -464,12 +528,12 @@ def sample_dense(g, w, alive, first, step, out, c):
 
 @numba.njit(nogil=True, cache=True)
 def sample_outer(g, x, w, alive, first, step, out, c):
-    """:func:`sample_dense` for a Linear layer scored by outer products."""
-    cols = x.size
+    """:func:`sample_dense` for a layer scored as in :func:`collect_outer`."""
+    cols = x.shape[1]
     for p in range(first, w.size, step):
         if alive[p]:
             i = p // cols
-            out[c] = (g[i] * x[p - i * cols]) * w[p]
+            out[c] = _gradient(g, x, i, p - i * cols) * w[p]
             c += 1
     return c
 
@@ -487,13 +551,13 @@ def sample_listed(g, pos, wl, alive, first, step, out, c):
 @numba.njit(nogil=True, cache=True)
 def sample_csr(g, x, rowptr, cols, wl, alive, first, step, out, c):
     """:func:`sample_outer` over compressed-row entries ``first, first + step, ...``."""
-    width = x.size
+    width = x.shape[1]
     i = 0
     for k in range(first, wl.size, step):
         while rowptr[i + 1] <= k:
             i += 1
         if alive[i * width + cols[k]]:
-            out[c] = (g[i] * x[cols[k]]) * wl[k]
+            out[c] = _gradient(g, x, i, cols[k]) * wl[k]
             c += 1
     return c
 
@@ -515,13 +579,12 @@ def write_dense(g, w, alive, out):
 
 @numba.njit(nogil=True, cache=True)
 def write_outer(g, x, w, alive, out):
-    """:func:`write_dense` for a Linear layer scored by outer products."""
-    cols = x.size
-    for i in range(g.size):
-        gi = g[i]
+    """:func:`write_dense` for a layer scored as in :func:`collect_outer`."""
+    cols = x.shape[1]
+    for i in range(g.shape[0]):
         base = i * cols
         for j in range(cols):
-            out[base + j] = (gi * x[j]) * w[base + j] if alive[base + j] else -np.inf
+            out[base + j] = _gradient(g, x, i, j) * w[base + j] if alive[base + j] else -np.inf
 
 
 @numba.njit(nogil=True, cache=True)

@@ -77,6 +77,9 @@ _CHUNK = 1 << 22
 _COLLECT = 1 << 18  # scores collected per call of a lib.kernels loop (3 MB of buffers in float64)
 _LIST_BELOW = 0.35  # a layer less alive than this is scanned through a list of its alive weights
 _GROUPED_FROM = 1 << 16  # a Linear layer this large whose input repeats over runs of columns is scanned by runs
+_WINDOW_TERMS = 4  # a convolution with at most this many output positions at batch 1 is scored from its output
+# gradient and unfolded input (a sum of this many products a weight, where the scan reads it): beyond, materialising
+# its weight gradient costs less than the scans' repeated sums (ResNet-34's layer3 at 2x2: 4; layer2 at 4x4: 16)
 
 
 class LayerCollapseWarning(UserWarning):
@@ -531,28 +534,21 @@ class _Band:
 class _LayerScores:
     """One layer's SynFlow scores in a round, computed where they are read (:mod:`lib.kernels`).
 
-    ``g`` is the layer's weight gradient (``w``'s shape), or for a Linear layer at batch 1 the
-    output gradient ``|g|`` (``out``), with ``x`` its input ``|x|`` (``in``): the scores are then
-    ``(g_i x_j) w_ij``, rounded exactly as autograd's gradient times ``w`` (``>= 0``) is, never
-    materialised. ``listed``: the layer's :class:`_AliveList`, if it has one; ``groups``: its
-    :class:`_Groups`, if it has them (used while ``x`` still repeats over them).
+    ``g`` is the layer's weight gradient (``w``'s shape), or for a layer tapped by
+    :class:`_OuterTaps` its output gradient ``|g|`` (``out x P``), with ``x`` its input ``|x|``
+    as the gradient's columns see it (``P x in``): the scores are then ``(g @ x)_ij w_ij``, summed
+    and rounded exactly as autograd's gradient times ``w`` (``>= 0``) is, never materialised.
+    ``listed``: the layer's :class:`_AliveList`, if it has one; ``groups``: its :class:`_Groups`,
+    if it has them (used while ``x`` still repeats over them).
     """
 
     def __init__(self, g, w, alive, x=None, listed=None, groups=None):
         self.g, self.w, self.alive, self.x, self.listed, self.groups = g, w, alive, x, listed, groups
-        self.xg = None if groups is None else groups.values(x.numpy())
+        self.xg = None if groups is None else groups.values(x.numpy()[0])
 
     @property
     def grouped(self) -> bool:
         return self.xg is not None
-
-    def at(self, idx: torch.Tensor) -> torch.Tensor:
-        """Scores at flat positions ``idx`` of the layer."""
-        w = self.w.reshape(-1)[idx]
-        if self.x is None:
-            return self.g.reshape(-1)[idx].abs_().mul_(w)
-        rows = torch.div(idx, self.w.shape[1], rounding_mode="floor")
-        return (self.g[rows] * self.x[idx - rows * self.w.shape[1]]).mul_(w)
 
     def write(self, out: torch.Tensor) -> None:
         """Every score into ``out`` (of ``w``'s shape), ``-inf`` where the weight was removed."""
@@ -585,7 +581,7 @@ class _LayerScores:
             start, ok = 0, True
             while True:
                 band.c, start, seen_ok = kernels.scan_grouped(
-                    g, self.xg, gr.wmax, gr.ws, gr.perm, gr.first, gr.wfirst, gr.size,
+                    g.reshape(-1), self.xg, gr.wmax, gr.ws, gr.perm, gr.first, gr.wfirst, gr.size,
                     lo, hi, big, start, band.idx, band.aux, band.val, band.c)
                 ok &= bool(seen_ok)
                 if start >= gr.first.size:
@@ -636,14 +632,16 @@ class _LayerScores:
         lst, back = self.listed, slice(None, None, -1)
         if lst is None and x is None:
             return kernels.collect_dense, (g[back], w[back], alive[back]), w.size, True
+        if x is not None:  # rows last to first, each read from its end (its terms still in order)
+            g, x = g[back], x[:, back]
         if lst is None:
-            return kernels.collect_outer, (g[back], x[back], w[back], alive[back]), w.size, True
+            return kernels.collect_outer, (g, x, w[back], alive[back]), w.size, True
         wl = lst.w.numpy()[: lst.n][back]
         if lst.width is None:
             return kernels.collect_listed_dense, (g, lst.pos.numpy()[: lst.n][back], wl, alive), lst.n, False
         # the same rows, last to first, each read from its end: positions count from the end
         rowptr, cols = lst.n - lst.rowptr.numpy()[::-1], (lst.width - 1) - lst.cols.numpy()[: lst.n][::-1]
-        return kernels.collect_csr, (g[back], x[back], rowptr, cols, wl, alive[back]), lst.n, True
+        return kernels.collect_csr, (g, x, rowptr, cols, wl, alive[back]), lst.n, True
 
     def collect_latest(self, lo, hi, limit: int, idx: np.ndarray, val: np.ndarray):
         """Positions of the last ``limit`` (or fewer) alive weights scoring in ``[lo, hi)``, latest
@@ -669,8 +667,9 @@ class _LayerScores:
     def _alive_finite(self) -> bool:
         """Whether every alive score is finite (a score above the dtype's range, or NaN, was
         seen: it may belong to a removed weight, whose gradient can be anything)."""
-        pos = self.alive.reshape(-1).nonzero().squeeze(1)
-        return bool(torch.isfinite(self.at(pos)).all())
+        scores = torch.empty_like(self.w)
+        self.write(scores)
+        return bool(torch.isfinite(scores[self.alive]).all())
 
 
 class _Survivors:
@@ -722,8 +721,8 @@ class _Survivors:
         first = x is not None and not self.outer[j]  # its first round scored by outer products
         self.outer[j] = x is not None
         w, alive = self._matrix(j)
-        if first and self.sizes[j] >= _GROUPED_FROM:
-            run = _Groups.run_length(x.numpy())
+        if first and self.sizes[j] >= _GROUPED_FROM and x.shape[0] == 1:
+            run = _Groups.run_length(x.numpy()[0])
             if 4 <= run <= 255:
                 self.groups[j] = _Groups(w, run)
         return _LayerScores(g, w, alive, x, self.lists[j], self.groups[j])
@@ -900,8 +899,12 @@ class _OuterTaps:
     is one product per weight: ``g_i x_j``, with ``x`` the input (a convolution's unfolded
     input window: its zero padding gives the exactly-zero gradient of the outer taps). Such a
     layer's gradient is never materialised: its weights take no gradient, and its scores are
-    computed where they are read. A convolution qualifies only on torch's native ("slow")
-    backend, where the gradient is a plain matrix product (one term a weight at a 1x1 output).
+    computed where they are read. A convolution to ``P <= _WINDOW_TERMS`` output positions
+    (ResNet-34's layer3 at 2x2: 32% of its weights) is scored the same way from its output
+    gradient (``out x P``) and unfolded input (``P x in``): a sum of ``P`` products a weight.
+    A convolution qualifies only on torch's native ("slow") backend, where the gradient is a
+    plain matrix product, and with ``P > 1`` only if :func:`_sums_as_fma` finds that product's
+    sums (the BLAS's) are the kernels' on this machine.
 
     The output gradient comes from a tensor hook registered on the output before any later
     in-place op (VGG's ``ReLU(inplace=True)``): it receives the gradient of the output as the
@@ -922,20 +925,24 @@ class _OuterTaps:
             return x.dim() == 2 and x.shape[0] == 1
         if type(module).forward is not nn.Conv2d.forward:  # a subclass may change what the weight does
             return False
-        if x.dim() != 4 or x.shape[0] != 1 or output.shape[-2:].numel() != 1 or module.groups != 1 \
+        terms = output.shape[-2:].numel()
+        if x.dim() != 4 or x.shape[0] != 1 or terms > _WINDOW_TERMS or module.groups != 1 \
                 or module.padding_mode != "zeros" or isinstance(module.padding, str):
             return False
-        backend = torch._C._select_conv_backend(x, module.weight, module.bias, list(module.stride),
-                                                list(module.padding), list(module.dilation), False, [0, 0], 1, None)
-        return backend == torch._C._ConvBackend.Slow2d
+        weight, settings = module.weight, (tuple(module.stride), tuple(module.padding), tuple(module.dilation))
+        backend = torch._C._select_conv_backend(x, weight, module.bias, *map(list, settings), False, [0, 0], 1, None)
+        if backend != torch._C._ConvBackend.Slow2d:
+            return False
+        return terms == 1 or _sums_as_fma(tuple(x.shape), tuple(weight.shape), *settings, x.dtype, torch.get_num_threads())
 
     @staticmethod
     def _window(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The layer's input as its weight gradient's columns see it: ``|x|`` (Linear), or the
-        unfolded window of a convolution's one output position, padding included."""
+        """The layer's input as its weight gradient's columns see it (``P x in``): ``|x|`` (Linear,
+        ``P = 1``), or a convolution's unfolded input, a row per output position, padding included."""
+        x = x.detach()
         if isinstance(module, nn.Conv2d):
-            x = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-        return x.detach().reshape(-1).abs()
+            return F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)[0].T.abs().contiguous()
+        return x.reshape(1, -1).abs()
 
     def _hook(self, name):
         def forward(module, inputs, output):
@@ -945,7 +952,7 @@ class _OuterTaps:
             if name in self.tapped:
                 self.inputs[name] = self._window(module, x)
                 if output.requires_grad:
-                    output.register_hook(lambda g: self.grads.__setitem__(name, g.detach().reshape(-1).abs()))
+                    output.register_hook(lambda g: self.grads.__setitem__(name, g.detach().reshape(g.shape[1], -1).abs()))
 
         return forward
 
@@ -962,6 +969,30 @@ class _OuterTaps:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+@functools.lru_cache(maxsize=None)
+def _sums_as_fma(x_shape, w_shape, stride, padding, dilation, dtype, threads) -> bool:
+    """Whether autograd's weight gradient of this convolution (batch 1, torch's native backend,
+    ``threads`` threads) equals :mod:`lib.kernels`' sum of its products bit for bit, on random
+    data of its shapes. The BLAS behind it (MKL's sgemm on x86) sums each entry's products in
+    order, each fused into the sum; that is checked here, on the machine that runs, not assumed.
+    """
+    from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(x_shape, generator=gen, dtype=dtype)
+    w = torch.rand(w_shape, generator=gen, dtype=dtype)
+    with torch.enable_grad():
+        w.requires_grad_()
+        out = F.conv2d(x, w, None, stride, padding, dilation)
+        g = torch.rand(out.shape, generator=gen, dtype=dtype)
+        (grad,) = torch.autograd.grad(out, w, g)
+    window = F.unfold(x, w_shape[2:], dilation, padding, stride)[0].T.contiguous()
+    ones, alive = np.ones(grad.numel(), dtype=window.numpy().dtype), np.ones(grad.numel(), dtype=np.uint8)
+    mine = np.empty_like(ones)  # the scores of weights 1: the gradient itself
+    kernels.write_outer(g.reshape(w_shape[0], -1).numpy(), window.numpy(), ones, alive, mine)
+    return bool(np.array_equal(mine, grad.reshape(-1).numpy()))
 
 
 def _score_synflow(model, density, batches, device, rounds=100, progress=True, input_shape=None, readout="sum", dtype=None,
@@ -1031,7 +1062,7 @@ def _synflow_rounds(model, density, batches, device, rounds, progress, input_sha
             sources = []
             for j, (n, w) in enumerate(zip(names, live.weights)):
                 if n in outer:
-                    g = taps.grads.get(n, w.new_zeros(w.shape[0]))  # no gradient: the layer does not reach R
+                    g = taps.grads.get(n, w.new_zeros(w.shape[0], taps.inputs[n].shape[0]))  # none: it does not reach R
                     sources.append(live.layer(j, g.cpu(), taps.inputs[n].cpu()))
                 else:
                     sources.append(live.layer(j, grads[n].cpu() if grads[n] is not None else torch.zeros_like(w)))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib import pruning
+from lib import kernels, pruning
 from lib.models import build_model, prunable_layers
 from lib.pruning import (
     METHODS,
@@ -370,10 +370,11 @@ def test_synflow_on_linear_layers_run_twice_on_3d_inputs_or_first(readout):
     assert same_masks(got, synflow_reference(mlp, 0.2, 3, readout, input_shape=(12,)))
 
 
-class OneByOne(nn.Module):
-    """Convolutions with a 1x1 output at batch 1 (scored by outer products: no weight gradient)
-    beside one that is grouped (it keeps its gradient); the first has nothing upstream that
-    takes a gradient, so the input must take one."""
+class SmallOutputs(nn.Module):
+    """Convolutions at batch 1 to 1x1 and 2x2 outputs (scored from their output gradient and
+    unfolded input: no weight gradient) beside one that is grouped and one to a 3x3 output
+    (they keep their gradient); the first has nothing upstream that takes a gradient, so the
+    input must take one."""
 
     def __init__(self):
         super().__init__()
@@ -382,18 +383,33 @@ class OneByOne(nn.Module):
         self.b = nn.Conv2d(6, 8, 3, padding=1)  # 1x1 -> 1x1: 8 of 9 taps see the padding
         self.c = nn.Conv2d(8, 8, 3, padding=1, groups=2)
         self.d = nn.Conv2d(8, 4, 1)
-        self.fc = nn.Linear(4, 10)
+        self.e = nn.Conv2d(4, 6, 2, padding=1)  # 1x1 -> 2x2: 4 products a weight
+        self.f = nn.Conv2d(6, 5, 3, stride=2, padding=2)  # 2x2 -> 2x2, strided
+        self.g = nn.Conv2d(5, 4, 2, padding=1)  # 2x2 -> 3x3: 9 products, beyond _WINDOW_TERMS
+        self.fc = nn.Linear(36, 10)
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen))
 
     def forward(self, x):
         h = torch.relu(self.b(torch.relu(self.a(x))))
-        return self.fc(torch.relu(self.d(self.c(h))).flatten(1))
+        h = torch.relu(self.f(torch.relu(self.e(torch.relu(self.d(self.c(h)))))))
+        return self.fc(torch.relu(self.g(h)).flatten(1))
+
+
+def conv_inputs(model, shape=(1, 3, 32, 32)) -> dict[str, tuple[tuple[int, ...], nn.Conv2d]]:
+    """Each convolution's input shape in one forward pass, beside the module."""
+    seen, model = {}, copy.deepcopy(model).eval()  # batch norm at batch 1 and a 1x1 output: eval
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, (tuple(i[0].shape), m)))
+    with torch.no_grad():
+        model(torch.ones(shape))
+    return seen
 
 
 @pytest.mark.parametrize("readout", ["sum", "log_softmax"])
-def test_synflow_scores_convolutions_at_a_1x1_output_by_outer_products(monkeypatch, readout):
+def test_synflow_scores_convolutions_at_small_outputs_without_their_weight_gradient(monkeypatch, readout):
     taps = []
 
     class Spy(pruning._OuterTaps):
@@ -402,14 +418,42 @@ def test_synflow_scores_convolutions_at_a_1x1_output_by_outer_products(monkeypat
             taps.append(self)
 
     monkeypatch.setattr(pruning, "_OuterTaps", Spy)
-    model = OneByOne()
+    model = SmallOutputs()
+    got = compute_masks(model, "SynFlow", 0.3, rounds=4, progress=False, readout=readout, input_shape=(3, 3, 3))
+    assert taps[-1].tapped == {"a", "b", "d", "e", "f", "fc"}
+    assert same_masks(got, synflow_reference(model, 0.3, 4, readout, input_shape=(3, 3, 3)))
+    resnet = build_model("resnet34", width=0.0625, seed=1)  # layer3 runs at 2x2 and layer4 at 1x1 from 32x32
+    got = compute_masks(resnet, "SynFlow", 0.1, rounds=3, progress=False, readout=readout)
+    # layer3 runs at 2x2: its convolutions whose weight gradient the BLAS sums as the kernels do
+    # (MKL here: not its 8-to-16-channel downsample; on MKL every 3x3 one, see the test below)
+    summed = {n for n, (x, m) in conv_inputs(resnet).items() if n.startswith("layer3.") and pruning._sums_as_fma(
+        x, tuple(m.weight.shape), m.stride, m.padding, m.dilation, torch.float32, torch.get_num_threads())}
+    assert taps[-1].tapped == {n for n in prunable_layers(resnet) if n.startswith("layer4.")} | {"fc"} | summed
+    assert same_masks(got, synflow_reference(resnet, 0.1, 3, readout))
+
+    # where the BLAS sums otherwise, convolutions to more than one position keep their gradient
+    monkeypatch.setattr(pruning, "_sums_as_fma", lambda *args: False)
     got = compute_masks(model, "SynFlow", 0.3, rounds=4, progress=False, readout=readout, input_shape=(3, 3, 3))
     assert taps[-1].tapped == {"a", "b", "d", "fc"}
     assert same_masks(got, synflow_reference(model, 0.3, 4, readout, input_shape=(3, 3, 3)))
-    resnet = build_model("resnet34", width=0.0625, seed=1)  # layer4 runs at 1x1 from a 32x32 input
-    got = compute_masks(resnet, "SynFlow", 0.1, rounds=3, progress=False, readout=readout)
-    assert taps[-1].tapped == {n for n in prunable_layers(resnet) if n.startswith("layer4.")} | {"fc"}
-    assert same_masks(got, synflow_reference(resnet, 0.1, 3, readout))
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="checks MKL's sgemm")
+def test_mkl_sums_the_weight_gradient_of_resnet34s_layer3_as_the_kernels_do():
+    # full size at 32x32 (layer3's 3x3 convolutions: 32% of ResNet-34's weights), and SmallOutputs'
+    # 2x2 layers; where this fails, they keep their gradient (correct, slower)
+    for x_shape, w_shape, stride in [((1, 256, 2, 2), (256, 256, 3, 3), (1, 1)), ((1, 128, 4, 4), (256, 128, 3, 3), (2, 2)),
+                                     ((1, 4, 1, 1), (6, 4, 2, 2), (1, 1))]:
+        assert pruning._sums_as_fma(x_shape, w_shape, stride, (1, 1), (1, 1), torch.float32, torch.get_num_threads())
+    # a planted error: the products summed last to first
+    w = torch.rand(256, 256, 3, 3)
+    x, g = F.unfold(torch.rand(1, 256, 2, 2), 3, padding=1)[0].T.contiguous(), torch.rand(256, 4)
+    forward, backward = np.empty(w.numel(), np.float32), np.empty(w.numel(), np.float32)
+    ones, alive = np.ones(w.numel(), np.float32), np.ones(w.numel(), np.uint8)
+    kernels.write_outer(g.numpy(), x.numpy(), ones, alive, forward)
+    kernels.write_outer(g.numpy()[:, ::-1].copy(), x.numpy()[::-1].copy(), ones, alive, backward)
+    expected = (g @ x).reshape(-1).numpy()  # MKL's sgemm, as autograd's convolution uses it
+    assert np.array_equal(forward, expected) and not np.array_equal(backward, expected)
 
 
 def test_synflow_log_softmax_readout_scores_match_autograd_in_round_one():
@@ -461,16 +505,21 @@ def test_survivors_drop_exactly_the_lowest_alive_with_ties_to_the_latest(monkeyp
         ((few(100, 3, 3) - 2, few(40, 30), few(40) % 3, few(6).repeat_interleave(5) + 1), 6.0, 0.9),
         ((few(100, 3, 3), few(40, 30), few(40) % 3 + 1, few(6).repeat_interleave(5) + 1), 0.0, 0.0),
         ((one(100, 3, 3), one(40, 30), one(40), one(30)), 6.0, 0.9),
+        # a sum of 3 products a weight (a convolution to 3 output positions): integers, exact in any order
+        ((few(100, 3, 3) - 2, few(40, 30), few(40, 3) % 3, few(3, 30) % 2 + 1), 6.0, 0.9),
+        ((one(100, 3, 3), one(40, 30), one(40, 3), one(3, 30)), 0.0, 0.9),
     ]
     for case, ((conv, w, g, x), sigmas, list_below) in enumerate(cases):
+        g, x = g.reshape(40, -1), x.reshape(g.numel() // 40, 30)  # output gradient (out x P), input (P x in)
+        grouped = 5 <= case < 8
         monkeypatch.setattr(pruning, "_SIGMAS", sigmas)
         monkeypatch.setattr(pruning, "_LIST_BELOW", list_below)
-        monkeypatch.setattr(pruning, "_GROUPED_FROM", 0 if case >= 5 else 1 << 16)
+        monkeypatch.setattr(pruning, "_GROUPED_FROM", 0 if grouped else 1 << 16)
         live = pruning._Survivors(["conv", "fc"], [torch.ones(100, 3, 3, dtype=dtype), w], torch.device("cpu"))
         for share in (0.005, 0.4, 0.03, 0.35, 0.3):
             m = max(1, int(share * live.count))
             sources = [live.layer(0, conv.clone()), live.layer(1, g, x)]
-            flat = torch.cat([(conv.abs() * live.weights[0]).reshape(-1), ((g[:, None] * x[None, :]) * live.weights[1]).reshape(-1)])
+            flat = torch.cat([(conv.abs() * live.weights[0]).reshape(-1), ((g @ x) * live.weights[1]).reshape(-1)])
             alive = live.alive.clone()
             # expected: the m smallest alive scores, ties dropping the latest positions
             order = [i for i in sorted(range(flat.numel()), key=lambda i: (float(flat[i]), -i)) if alive[i]]
@@ -481,7 +530,7 @@ def test_survivors_drop_exactly_the_lowest_alive_with_ties_to_the_latest(monkeyp
             assert int(live.alive.sum()) == int(alive.sum()) - m
             assert live.layer_alive == [int(a.sum()) for a in live.alive_views]
         assert any(lst is not None for lst in live.lists) == (list_below > 0)
-        assert (live.groups[1] is not None) == (case >= 5)  # a grouped layer is never listed
+        assert (live.groups[1] is not None) == grouped  # a grouped layer is never listed
         assert live.groups[1] is None or live.lists[1] is None
 
 
@@ -503,11 +552,11 @@ def test_grouped_layer_removes_right_when_its_input_stops_repeating(monkeypatch)
     gen = torch.Generator().manual_seed(1)
     w = torch.rand(8, 20, generator=gen)
     live = pruning._Survivors(["fc"], [w], torch.device("cpu"))
-    g, runs = torch.rand(8, generator=gen), torch.rand(4, generator=gen).repeat_interleave(5)
-    for x in (runs, torch.rand(20, generator=gen), runs, runs):  # grouped, not, grouped, grouped
+    g, runs = torch.rand(8, 1, generator=gen), torch.rand(1, 4, generator=gen).repeat_interleave(5, 1)
+    for x in (runs, torch.rand(1, 20, generator=gen), runs, runs):  # grouped, not, grouped, grouped
         src = live.layer(0, g, x)
         assert src.grouped == (x is runs)
-        scores = ((g[:, None] * x[None, :]) * live.weights[0]).reshape(-1)
+        scores = ((g * x) * live.weights[0]).reshape(-1)
         alive = live.alive.clone()
         order = [i for i in sorted(range(scores.numel()), key=lambda i: (float(scores[i]), -i)) if alive[i]]
         drops = live.lowest([src], 20)
@@ -527,10 +576,10 @@ def test_synflow_names_the_layer_whose_alive_scores_are_not_finite():
     live.remove([(np.array([0, 1]), None), (np.array([], dtype=np.int64), None)])
     g = torch.ones(10, 3, 3)
     g.view(-1)[0] = math.inf  # a removed weight's gradient may be anything
-    assert sum(d.size for d, _ in live.lowest([live.layer(0, g), live.layer(1, torch.ones(4), torch.ones(5))], 3)) == 3
+    assert sum(d.size for d, _ in live.lowest([live.layer(0, g), live.layer(1, torch.ones(4, 1), torch.ones(1, 5))], 3)) == 3
     g.view(-1)[5] = math.nan  # an alive one's may not
     with pytest.raises(FloatingPointError, match="SynFlow scores of 'conv' are not finite"):
-        live.lowest([live.layer(0, g), live.layer(1, torch.ones(4), torch.ones(5))], 3)
+        live.lowest([live.layer(0, g), live.layer(1, torch.ones(4, 1), torch.ones(1, 5))], 3)
 
 
 def test_synflow_scores_in_float32_and_falls_back_to_float64_where_float32_overflows():
