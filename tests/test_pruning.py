@@ -505,8 +505,9 @@ def test_survivors_drop_exactly_the_lowest_alive_with_ties_to_the_latest(monkeyp
         ((few(100, 3, 3) - 2, few(40, 30), few(40) % 3, few(6).repeat_interleave(5) + 1), 6.0, 0.9),
         ((few(100, 3, 3), few(40, 30), few(40) % 3 + 1, few(6).repeat_interleave(5) + 1), 0.0, 0.0),
         ((one(100, 3, 3), one(40, 30), one(40), one(30)), 6.0, 0.9),
-        # a sum of 3 products a weight (a convolution to 3 output positions): integers, exact in any order
-        ((few(100, 3, 3) - 2, few(40, 30), few(40, 3) % 3, few(3, 30) % 2 + 1), 6.0, 0.9),
+        # a sum of 3 products a weight (a convolution to 3 output positions): integers, exact in any
+        # order; the conv's scores are multiples of 3, tying with the fc's across the two layers
+        ((few(100, 3, 3) * 3, few(40, 30), few(40, 3) % 3 + 1, few(3, 30) % 2 + 1), 6.0, 0.9),
         ((one(100, 3, 3), one(40, 30), one(40, 3), one(3, 30)), 0.0, 0.9),
     ]
     for case, ((conv, w, g, x), sigmas, list_below) in enumerate(cases):
