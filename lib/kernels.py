@@ -6,9 +6,10 @@ takes five to eight passes over the scores (multiply, abs, compare, and with the
 nonzero, gather) and a materialised score tensor; these loops compute each score where it is
 read and keep the few that qualify, in one pass. They compute a score exactly as torch does
 (``|g| * w``; for a layer whose weight gradient is a product of two small matrices, the
-output gradient ``g`` (``out x P``) and the input ``x`` (``P x in``), ``(sum_p g_ip x_pj) * w_ij``
-summed as the BLAS kernel behind autograd sums it, see :func:`fma`), so the selection is
-bit-identical to one over torch-computed scores.
+output gradient ``g`` (``out x P``) and the input ``x`` (``P x in``), ``|sum_p g_ip x_pj| * w_ij``
+summed as the BLAS kernel behind autograd sums it, see :func:`fma`; with ``P = 1``, an outer
+product, both are given ``>= 0``), so the selection is bit-identical to one over torch-computed
+scores.
 
 * ``scan_*`` (the round's main pass): the alive weights scoring in a band ``lo <= score < hi``
   (``lo = -inf`` for "below ``hi``"; ``[v, nextafter(v))`` for "equal to ``v``"), a block of
@@ -80,13 +81,13 @@ def fma(typingctx, a, b, c):
 
 @numba.njit(inline="always")
 def _gradient(g, x, i, j):
-    """Entry ``(i, j)`` of the weight gradient ``g @ x`` (``g``: ``out x P``, ``x``: ``P x in``),
-    its ``P`` products accumulated in order, each fused into the sum: ``g[i, 0] * x[0, j]``
-    alone when ``P`` is 1 (a Linear layer at batch 1)."""
+    """The magnitude of entry ``(i, j)`` of the weight gradient ``g @ x`` (``g``: ``out x P``,
+    ``x``: ``P x in``), its ``P`` products accumulated in order, each fused into the sum:
+    ``g[i, 0] * x[0, j]`` alone when ``P`` is 1 (a Linear layer at batch 1; both ``>= 0``)."""
     s = g[i, 0] * x[0, j]
     for p in range(1, g.shape[1]):
         s = fma(g[i, p], x[p, j], s)
-    return s
+    return abs(s)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -111,8 +112,8 @@ def collect_dense(g, w, alive, lo, hi, start, big, idx, val):
 @numba.njit(nogil=True, cache=True)
 def collect_outer(g, x, w, alive, lo, hi, start, big, idx, val):
     """A layer whose weight gradient is the product of its output gradient ``g`` (``out x P``)
-    and input ``x`` (``P x in``), both ``>= 0``, ``P`` small (a Linear layer at batch 1: an outer
-    product): the score of flat position ``p = i * in + j`` is ``_gradient(g, x, i, j) * w[p]``,
+    and input ``x`` (``P x in``), ``P`` small (a Linear layer at batch 1: an outer product of
+    ``g, x >= 0``): the score of flat position ``p = i * in + j`` is ``_gradient(g, x, i, j) * w[p]``,
     rounded as autograd's gradient times ``w`` is (``w`` and ``alive`` flat); ``idx`` gets ``p``."""
     cols, cap = x.shape[1], idx.size
     c = 0
@@ -297,7 +298,7 @@ def _flag_csr_sums(g, i, x, cols, wl, alive, lo, hi, big, flags, acc):
             acc[k] = fma(gp, xp[cols[k]], acc[k])
     bad = np.uint8(0)
     for k in range(n):
-        s = acc[k] * wl[k]
+        s = abs(acc[k]) * wl[k]
         bad |= np.uint8(not (s <= big))
         flags[k] = np.uint8(alive[cols[k]] != 0) & np.uint8(lo <= s) & np.uint8(s < hi)
     return bad
@@ -353,7 +354,7 @@ def scan_outer(g, x, w, alive, lo, hi, big, start, idx, val, c):
         e = min(j + BLOCK, cols)
         if g.shape[1] == 1:  # an outer product
             bad |= _flag_outer(g[i, 0], x[0][j:e], w[base + j : base + e], alive[base + j : base + e], lo, hi, big, flags)
-        else:  # |sum| * w = sum * w: sums >= 0
+        else:  # |sum| * w: _flag_dense's |g| * w
             _window_sums(g, i, x, j, e, acc)
             bad |= _flag_dense(acc[: e - j], w[base + j : base + e], alive[base + j : base + e], lo, hi, big, flags)
         c0 = c

@@ -535,9 +535,10 @@ class _LayerScores:
     """One layer's SynFlow scores in a round, computed where they are read (:mod:`lib.kernels`).
 
     ``g`` is the layer's weight gradient (``w``'s shape), or for a layer tapped by
-    :class:`_OuterTaps` its output gradient ``|g|`` (``out x P``), with ``x`` its input ``|x|``
-    as the gradient's columns see it (``P x in``): the scores are then ``(g @ x)_ij w_ij``, summed
-    and rounded exactly as autograd's gradient times ``w`` (``>= 0``) is, never materialised.
+    :class:`_OuterTaps` its output gradient (``out x P``), with ``x`` its input as the gradient's
+    columns see it (``P x in``), both made ``>= 0`` where ``P = 1``: the scores are then
+    ``|g @ x|_ij w_ij``, summed and rounded exactly as autograd's gradient times ``w`` (``>= 0``)
+    is, never materialised.
     ``listed``: the layer's :class:`_AliveList`, if it has one; ``groups``: its :class:`_Groups`,
     if it has them (used while ``x`` still repeats over them).
     """
@@ -937,12 +938,20 @@ class _OuterTaps:
 
     @staticmethod
     def _window(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The layer's input as its weight gradient's columns see it (``P x in``): ``|x|`` (Linear,
-        ``P = 1``), or a convolution's unfolded input, a row per output position, padding included."""
+        """The layer's input as its weight gradient's columns see it (``P x in``): ``x`` (Linear,
+        ``P = 1``), or a convolution's unfolded input, a row per output position, padding included.
+        Made ``>= 0`` where ``P = 1`` (``|g x| = |g| |x|``); with ``P > 1`` the signs stay, as
+        ``|sum_p g_p x_p|`` needs them."""
         x = x.detach()
         if isinstance(module, nn.Conv2d):
-            return F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)[0].T.abs().contiguous()
-        return x.reshape(1, -1).abs()
+            x = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)[0].T
+        return (x.abs() if x.shape[0] == 1 else x).contiguous()
+
+    @staticmethod
+    def _gradient(g: torch.Tensor) -> torch.Tensor:
+        """The output gradient as the weight gradient's rows see it (``out x P``), ``|g|`` where ``P = 1``."""
+        g = g.detach().reshape(g.shape[1], -1)
+        return g.abs() if g.shape[1] == 1 else g
 
     def _hook(self, name):
         def forward(module, inputs, output):
@@ -952,7 +961,7 @@ class _OuterTaps:
             if name in self.tapped:
                 self.inputs[name] = self._window(module, x)
                 if output.requires_grad:
-                    output.register_hook(lambda g: self.grads.__setitem__(name, g.detach().reshape(g.shape[1], -1).abs()))
+                    output.register_hook(lambda g: self.grads.__setitem__(name, self._gradient(g)))
 
         return forward
 
@@ -981,18 +990,18 @@ def _sums_as_fma(x_shape, w_shape, stride, padding, dilation, dtype, threads) ->
     from lib import kernels  # numba's import (~0.3 s) only where SynFlow runs
 
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(x_shape, generator=gen, dtype=dtype)
+    x = torch.randn(x_shape, generator=gen, dtype=dtype)  # signed: cancellations show the order
     w = torch.rand(w_shape, generator=gen, dtype=dtype)
     with torch.enable_grad():
         w.requires_grad_()
         out = F.conv2d(x, w, None, stride, padding, dilation)
-        g = torch.rand(out.shape, generator=gen, dtype=dtype)
+        g = torch.randn(out.shape, generator=gen, dtype=dtype)
         (grad,) = torch.autograd.grad(out, w, g)
     window = F.unfold(x, w_shape[2:], dilation, padding, stride)[0].T.contiguous()
     ones, alive = np.ones(grad.numel(), dtype=window.numpy().dtype), np.ones(grad.numel(), dtype=np.uint8)
-    mine = np.empty_like(ones)  # the scores of weights 1: the gradient itself
+    mine = np.empty_like(ones)  # the scores of weights 1: the gradient's magnitude
     kernels.write_outer(g.reshape(w_shape[0], -1).numpy(), window.numpy(), ones, alive, mine)
-    return bool(np.array_equal(mine, grad.reshape(-1).numpy()))
+    return bool(np.array_equal(mine, grad.abs().reshape(-1).numpy()))
 
 
 def _score_synflow(model, density, batches, device, rounds=100, progress=True, input_shape=None, readout="sum", dtype=None,

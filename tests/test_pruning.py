@@ -383,8 +383,9 @@ class SmallOutputs(nn.Module):
         self.b = nn.Conv2d(6, 8, 3, padding=1)  # 1x1 -> 1x1: 8 of 9 taps see the padding
         self.c = nn.Conv2d(8, 8, 3, padding=1, groups=2)
         self.d = nn.Conv2d(8, 4, 1)
-        self.e = nn.Conv2d(4, 6, 2, padding=1)  # 1x1 -> 2x2: 4 products a weight
-        self.f = nn.Conv2d(6, 5, 3, stride=2, padding=2)  # 2x2 -> 2x2, strided
+        self.e = nn.Conv2d(4, 6, 2, padding=1)  # 1x1 -> 2x2: 4 products a weight, one of them nonzero
+        self.h = nn.Conv2d(6, 5, 3, stride=2, padding=2)  # 2x2 -> 2x2, strided
+        self.f = nn.Conv2d(5, 5, 3, padding=1)  # 2x2 -> 2x2: 4 products, each tap in up to 4 windows
         self.g = nn.Conv2d(5, 4, 2, padding=1)  # 2x2 -> 3x3: 9 products, beyond _WINDOW_TERMS
         self.fc = nn.Linear(36, 10)
         with torch.no_grad():
@@ -393,8 +394,20 @@ class SmallOutputs(nn.Module):
 
     def forward(self, x):
         h = torch.relu(self.b(torch.relu(self.a(x))))
-        h = torch.relu(self.f(torch.relu(self.e(torch.relu(self.d(self.c(h)))))))
-        return self.fc(torch.relu(self.g(h)).flatten(1))
+        h = torch.relu(self.h(torch.relu(self.e(torch.relu(self.d(self.c(h)))))))
+        return self.fc(torch.relu(self.g(torch.relu(self.f(h)))).flatten(1))
+
+
+def synflow_round_one(model, readout, shape) -> dict[str, torch.Tensor]:
+    """SynFlow's first-round scores by plain autograd: |w dR/dw| of the abs-valued network at input 1."""
+    ref = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for t in ref.state_dict().values():
+            if t.is_floating_point():
+                t.abs_()
+    out = ref(torch.ones(1, *shape))
+    (out.sum() if readout == "sum" else F.log_softmax(out, dim=1).sum()).backward()
+    return {k: (m.weight * m.weight.grad).abs() for k, m in prunable_layers(ref).items()}
 
 
 def conv_inputs(model, shape=(1, 3, 32, 32)) -> dict[str, tuple[tuple[int, ...], nn.Conv2d]]:
@@ -420,7 +433,7 @@ def test_synflow_scores_convolutions_at_small_outputs_without_their_weight_gradi
     monkeypatch.setattr(pruning, "_OuterTaps", Spy)
     model = SmallOutputs()
     got = compute_masks(model, "SynFlow", 0.3, rounds=4, progress=False, readout=readout, input_shape=(3, 3, 3))
-    assert taps[-1].tapped == {"a", "b", "d", "e", "f", "fc"}
+    assert taps[-1].tapped == {"a", "b", "d", "e", "f", "h", "fc"}
     assert same_masks(got, synflow_reference(model, 0.3, 4, readout, input_shape=(3, 3, 3)))
     resnet = build_model("resnet34", width=0.0625, seed=1)  # layer3 runs at 2x2 and layer4 at 1x1 from 32x32
     got = compute_masks(resnet, "SynFlow", 0.1, rounds=3, progress=False, readout=readout)
@@ -430,6 +443,18 @@ def test_synflow_scores_convolutions_at_small_outputs_without_their_weight_gradi
         x, tuple(m.weight.shape), m.stride, m.padding, m.dilation, torch.float32, torch.get_num_threads())}
     assert taps[-1].tapped == {n for n in prunable_layers(resnet) if n.startswith("layer4.")} | {"fc"} | summed
     assert same_masks(got, synflow_reference(resnet, 0.1, 3, readout))
+
+    # round 1's scores are autograd's |w dR/dw|; log_softmax's output gradient has either sign
+    # (at SmallOutputs' f, whose windows overlap), so a 2x2 layer's products are summed with
+    # their signs, then made >= 0.
+    # Bit for bit in ResNet-34; SmallOutputs' weights lie in lib's flat buffer at offsets that
+    # are not 64-byte aligned, where MKL's forward rounds some sums 1 ulp apart (as before 86a627c)
+    got = score(resnet, "SynFlow", density=0.5, rounds=1, progress=False, readout=readout)
+    expected = synflow_round_one(resnet, readout, (3, 32, 32))
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    got = score(model, "SynFlow", density=0.5, rounds=1, progress=False, readout=readout, input_shape=(3, 3, 3))
+    expected = synflow_round_one(model, readout, (3, 3, 3))
+    assert all(torch.allclose(got[k], expected[k], rtol=1e-5, atol=0) for k in expected)
 
     # where the BLAS sums otherwise, convolutions to more than one position keep their gradient
     monkeypatch.setattr(pruning, "_sums_as_fma", lambda *args: False)
