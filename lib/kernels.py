@@ -251,8 +251,9 @@ def _flag_outer(gi, x, w, alive, lo, hi, big, flags):
 
 @numba.njit(nogil=True, cache=True)
 def _window_sums(g, i, x, j, e, acc):
-    """Row ``i``'s gradient at columns ``j:e`` into ``acc`` (as :func:`_gradient`), a term at a
-    time over the block: loops over contiguous rows, which LLVM vectorises."""
+    """Row ``i``'s gradient at columns ``j:e`` into ``acc`` (as :func:`_gradient`, signed: before
+    its magnitude), a term at a time over the block: loops over contiguous rows, which LLVM
+    vectorises."""
     n = e - j
     gp, xp = g[i, 0], x[0][j:e]
     for k in range(n):
