@@ -32,9 +32,7 @@ def checks(arch: str) -> list[tuple[str, int, bool]]:
         def record(m, inputs, out):
             terms = out.shape[-2:].numel()
             if isinstance(m, torch.nn.Conv2d) and 1 < terms <= pruning._WINDOW_TERMS:
-                ok = pruning._sums_as_fma(tuple(inputs[0].shape), tuple(m.weight.shape), tuple(m.stride), tuple(m.padding),
-                                          tuple(m.dilation), torch.float32, torch.get_num_threads())
-                rows.append((name, terms, ok))
+                rows.append((name, terms, pruning._conv_sums_as_fma(m, inputs[0].shape, torch.float32)))
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]

@@ -930,11 +930,11 @@ class _OuterTaps:
         if x.dim() != 4 or x.shape[0] != 1 or terms > _WINDOW_TERMS or module.groups != 1 \
                 or module.padding_mode != "zeros" or isinstance(module.padding, str):
             return False
-        weight, settings = module.weight, (tuple(module.stride), tuple(module.padding), tuple(module.dilation))
-        backend = torch._C._select_conv_backend(x, weight, module.bias, *map(list, settings), False, [0, 0], 1, None)
+        backend = torch._C._select_conv_backend(x, module.weight, module.bias, list(module.stride), list(module.padding),
+                                                list(module.dilation), False, [0, 0], 1, None)
         if backend != torch._C._ConvBackend.Slow2d:
             return False
-        return terms == 1 or _sums_as_fma(tuple(x.shape), tuple(weight.shape), *settings, x.dtype, torch.get_num_threads())
+        return terms == 1 or _conv_sums_as_fma(module, x.shape, x.dtype)
 
     @staticmethod
     def _window(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -978,6 +978,12 @@ class _OuterTaps:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+def _conv_sums_as_fma(module: nn.Conv2d, x_shape, dtype: torch.dtype) -> bool:
+    """:func:`_sums_as_fma` for ``module`` run at batch 1 on an input of ``x_shape``, this many threads."""
+    return _sums_as_fma(tuple(x_shape), tuple(module.weight.shape), tuple(module.stride), tuple(module.padding),
+                        tuple(module.dilation), dtype, torch.get_num_threads())
 
 
 @functools.lru_cache(maxsize=None)

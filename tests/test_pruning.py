@@ -439,8 +439,8 @@ def test_synflow_scores_convolutions_at_small_outputs_without_their_weight_gradi
     got = compute_masks(resnet, "SynFlow", 0.1, rounds=3, progress=False, readout=readout)
     # layer3 runs at 2x2: its convolutions whose weight gradient the BLAS sums as the kernels do
     # (MKL here: not its 8-to-16-channel downsample; on MKL every 3x3 one, see the test below)
-    summed = {n for n, (x, m) in conv_inputs(resnet).items() if n.startswith("layer3.") and pruning._sums_as_fma(
-        x, tuple(m.weight.shape), m.stride, m.padding, m.dilation, torch.float32, torch.get_num_threads())}
+    summed = {n for n, (x, m) in conv_inputs(resnet).items()
+              if n.startswith("layer3.") and pruning._conv_sums_as_fma(m, x, torch.float32)}
     assert taps[-1].tapped == {n for n in prunable_layers(resnet) if n.startswith("layer4.")} | {"fc"} | summed
     assert same_masks(got, synflow_reference(resnet, 0.1, 3, readout))
 
