@@ -9,7 +9,9 @@ state files, ``status``, and ``estimate``. It computes nothing
 itself: jobs leave the same units in the same run folder as an in-process run, so resume
 and skip-if-done come from :mod:`lib.workbook` and :mod:`lib.store`.
 
-A job's folder (:func:`lib.store.job_dir`) holds its executed notebooks, ``job.log``,
+A job's notebooks run one after another in one kernel (:class:`SharedKernel`: its start-up
+and imports paid once). A job's folder (:func:`lib.store.job_dir`) holds its executed
+notebooks, the kernel's ``kernel.log`` (if it wrote to stderr), ``job.log``,
 ``state.json`` (pending / running / requeued / done / failed, error one-liner, attempts,
 timestamps) and ``submission.json``. Whether a job is *done* is read from its units' files,
 never from ``state.json``. Jobs are ``submitit.helpers.Checkpointable``: a preempted or
@@ -164,16 +166,82 @@ def _ipc_kernel_manager(log: Path | None = None):
     return IPCKernelManager
 
 
-def execute(notebook: str, grid: Grid, output: Path, **extra) -> Path:
-    """Run one notebook with papermill, with the grid's parameters (and ``extra``)."""
+class SharedKernel:
+    """One IPC kernel that runs notebooks one after another (a job's 01 -> 03), so that its
+    start-up and imports (torch, pandas, seaborn: 9-11 s a notebook on a 2-core machine) are
+    paid once instead of once a notebook. Each notebook after the first starts from an empty
+    namespace (IPython's ``%reset -f``), as it would in a kernel of its own; imported modules
+    stay, which is the point. The kernel's stderr goes to ``log`` (removed if empty).
+
+        with SharedKernel(folder / "kernel.log") as kernel:
+            for name in stages:
+                execute(name, grid, folder / f"{name}.ipynb", kernel=kernel)
+    """
+
+    def __init__(self, log: Path | None = None, cwd: Path = REPO):
+        self.log, self.cwd = log, cwd
+        self._km = None
+        self._used = False
+
+    def __enter__(self) -> "SharedKernel":
+        from jupyter_core.utils import run_sync
+
+        if self.log is not None:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+        km = _ipc_kernel_manager(self.log)(kernel_name="python3")
+        # as nbclient starts the kernels it owns: IPython's history in memory, not in a
+        # sqlite file that kernels running side by side would lock for each other
+        run_sync(km.start_kernel)(extra_arguments=["--HistoryManager.hist_file=:memory:"], cwd=str(self.cwd))
+        self._km = km
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from jupyter_core.utils import run_sync
+
+        km, self._km = self._km, None
+        try:
+            if run_sync(km.is_alive)():
+                run_sync(km.shutdown_kernel)()
+        finally:
+            run_sync(km.cleanup_resources)()
+            if self.log is not None and self.log.exists() and self.log.stat().st_size == 0:
+                self.log.unlink()
+
+    def manager(self):
+        """The kernel manager for papermill's next notebook, its namespace emptied if used before."""
+        if self._km is None:
+            raise RuntimeError("SharedKernel is not started: use it in a with block")
+        if self._used:
+            self._run("%reset -f")
+        self._used = True
+        return self._km
+
+    def _run(self, code: str) -> None:
+        from jupyter_core.utils import run_sync
+
+        kc = self._km.client()
+        kc.start_channels()
+        try:
+            run_sync(kc.wait_for_ready)(timeout=60)
+            reply = run_sync(kc.execute_interactive)(code, silent=True, store_history=False, timeout=60)
+        finally:
+            kc.stop_channels()
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"the shared kernel could not run {code!r}: {reply['content'].get('evalue')}")
+
+
+def execute(notebook: str, grid: Grid, output: Path, kernel: SharedKernel | None = None, **extra) -> Path:
+    """Run one notebook with papermill, with the grid's parameters (and ``extra``), in a kernel
+    of its own (its stderr in ``<output>.kernel.log``) or in ``kernel``."""
     import papermill
 
     params = notebook_parameters(notebook, {**grid.values(), "progress": False, **extra})
     output.parent.mkdir(parents=True, exist_ok=True)
     log = output.with_suffix(".kernel.log")
+    where = {"km": kernel.manager()} if kernel is not None else {"kernel_manager_class": _ipc_kernel_manager(log)}
     try:
         papermill.execute_notebook(str(NOTEBOOKS / f"{notebook}.ipynb"), str(output), parameters=params,
-                                   cwd=str(REPO), progress_bar=False, kernel_manager_class=_ipc_kernel_manager(log))
+                                   cwd=str(REPO), progress_bar=False, **where)
     except papermill.PapermillExecutionError as err:  # the kernel's traceback is in ``output``
         raise NotebookError(err.ename, err.evalue, output) from None
     finally:
@@ -204,8 +272,9 @@ def run_inprocess(grid: Grid, progress: bool = True) -> Path:
     _prefetch_data(grid)  # a missing dataset fails here, with the library's own message
     out_dir = grid.root / "notebooks"
     todo = [(nb, d) for d in grid.densities for nb in workbook.STAGES]
-    for nb, density in bar(todo, enabled=progress, desc=grid.profile):
-        execute(nb, grid, out_dir / f"d{density:g}" / f"{nb}.ipynb", density=density)
+    with SharedKernel(out_dir / "kernel.log") as kernel:
+        for nb, density in bar(todo, enabled=progress, desc=grid.profile):
+            execute(nb, grid, out_dir / f"d{density:g}" / f"{nb}.ipynb", kernel=kernel, density=density)
     return run_finals(grid)
 
 
@@ -473,14 +542,18 @@ class UnitJob(submitit.helpers.Checkpointable):
                 workbook.STAGE_FUNCTIONS[name](g, density, progress=False)
                 log.info("%s done in %.1f s (in the job's process)", name, time.perf_counter() - start)
         else:
-            for name in workbook.STAGES:
-                output = self.folder / f"{name}.ipynb"
-                if output.exists() and workbook.stage_done(g, density, name):
-                    log.info("%s: units done and notebook executed already, skipped", name)
-                    continue
-                start = time.perf_counter()
-                execute(name, g, output, density=density)
-                log.info("%s done in %.1f s: %s", name, time.perf_counter() - start, output)
+            with contextlib.ExitStack() as stack:
+                kernel = None  # one for the job's notebooks, started by the first that runs
+                for name in workbook.STAGES:
+                    output = self.folder / f"{name}.ipynb"
+                    if output.exists() and workbook.stage_done(g, density, name):
+                        log.info("%s: units done and notebook executed already, skipped", name)
+                        continue
+                    start = time.perf_counter()
+                    if kernel is None:
+                        kernel = stack.enter_context(SharedKernel(self.folder / "kernel.log"))
+                    execute(name, g, output, kernel=kernel, density=density)
+                    log.info("%s done in %.1f s: %s", name, time.perf_counter() - start, output)
         reference = job_reference(self.grid, self.spec)
         if reference is not None and not reproduction.reference_done(reference):
             start = time.perf_counter()

@@ -403,3 +403,33 @@ def test_two_kernels_side_by_side_keep_their_own_messages(tmp_path):
     assert {k: results[k] for k in (1, 2)} == {1: "7", 2: "14"}
     # what a kernel writes to its own stderr goes to its log, not to the runner's terminal
     assert "fd 2 of kernel 1" in results["log1"] and "fd 2 of kernel 2" in results["log2"]
+
+
+def test_a_shared_kernel_runs_notebooks_in_turn_each_from_an_empty_namespace(tmp_path):
+    # A job's 01 -> 03 share one kernel (its start-up and imports paid once); each notebook
+    # must still start from an empty namespace, as in a kernel of its own.
+    import nbformat
+    import papermill
+
+    def notebook(name: str, source: str):
+        src = tmp_path / f"{name}.ipynb"
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)]), src)
+        return src
+
+    first = notebook("first", "import os, sys; leftover = 1; sys.marker = 42; os.write(2, b'fd 2 of the first'); os.getpid()")
+    second = notebook("second", "import os, sys; (os.getpid(), 'leftover' in globals(), getattr(sys, 'marker', None))")
+    log = tmp_path / "kernel.log"
+    with scaleout.SharedKernel(log, cwd=tmp_path) as kernel:
+        outputs = []
+        for src in (first, second):
+            dst = src.with_name(f"out-{src.name}")
+            papermill.execute_notebook(str(src), str(dst), kernel_name="python3", progress_bar=False,
+                                       km=kernel.manager())
+            outputs.append(nbformat.read(dst, as_version=4).cells[0].outputs[0]["data"]["text/plain"])
+        pid = int(outputs[0])
+        assert psutil.Process(pid).is_running()
+    assert outputs[1] == f"({pid}, False, 42)"  # the same process, a fresh namespace, modules kept
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert "fd 2 of the first" in log.read_text()
+    with pytest.raises(RuntimeError, match="with block"):
+        scaleout.SharedKernel().manager()
