@@ -167,11 +167,12 @@ def _ipc_kernel_manager(log: Path | None = None):
 
 
 class SharedKernel:
-    """One IPC kernel that runs notebooks one after another (a job's 01 -> 03), so that its
-    start-up and imports (torch, pandas, seaborn: 9-11 s a notebook on a 2-core machine) are
-    paid once instead of once a notebook. Each notebook after the first starts from an empty
-    namespace (IPython's ``%reset -f``), as it would in a kernel of its own; imported modules
-    stay, which is the point. The kernel's stderr goes to ``log`` (removed if empty).
+    """The IPC kernel that :func:`execute` runs notebooks in. Shared by notebooks run one after
+    another (a job's 01 -> 03), its start-up and imports (torch, pandas, seaborn: 9-11 s a
+    notebook on a 2-core machine) are paid once instead of once a notebook. Each notebook after
+    the first starts from an empty namespace (IPython's ``%reset -f``), as it would in a kernel
+    of its own; imported modules stay, which is the point. The kernel's stderr goes to ``log``
+    (removed if empty).
 
         with SharedKernel(folder / "kernel.log") as kernel:
             for name in stages:
@@ -231,22 +232,20 @@ class SharedKernel:
 
 
 def execute(notebook: str, grid: Grid, output: Path, kernel: SharedKernel | None = None, **extra) -> Path:
-    """Run one notebook with papermill, with the grid's parameters (and ``extra``), in a kernel
-    of its own (its stderr in ``<output>.kernel.log``) or in ``kernel``."""
+    """Run one notebook with papermill, with the grid's parameters (and ``extra``), in
+    ``kernel`` or in a kernel of its own (its stderr in ``<output>.kernel.log``)."""
     import papermill
 
-    params = notebook_parameters(notebook, {**grid.values(), "progress": False, **extra})
     output.parent.mkdir(parents=True, exist_ok=True)
-    log = output.with_suffix(".kernel.log")
-    where = {"km": kernel.manager()} if kernel is not None else {"kernel_manager_class": _ipc_kernel_manager(log)}
+    if kernel is None:
+        with SharedKernel(output.with_suffix(".kernel.log")) as own:
+            return execute(notebook, grid, output, kernel=own, **extra)
+    params = notebook_parameters(notebook, {**grid.values(), "progress": False, **extra})
     try:
         papermill.execute_notebook(str(NOTEBOOKS / f"{notebook}.ipynb"), str(output), parameters=params,
-                                   cwd=str(REPO), progress_bar=False, **where)
+                                   cwd=str(REPO), progress_bar=False, km=kernel.manager())
     except papermill.PapermillExecutionError as err:  # the kernel's traceback is in ``output``
         raise NotebookError(err.ename, err.evalue, output) from None
-    finally:
-        if log.exists() and log.stat().st_size == 0:
-            log.unlink()
     return output
 
 
